@@ -74,7 +74,10 @@ class ExtractionInput:
     row, or None when none is available; ``background``: (nints, nrows, ncols)
     background already subtracted from ``data`` (zeros if none was), for
     variance models; ``var_rnoise``: read-noise variance cube (DN/s)^2 or None;
-    ``effinttm``: effective integration time (s).
+    ``effinttm``: effective integration time (s).  ``row_offset`` and
+    ``col_offset`` convert pixel coordinates given for the ``SLITLESSPRISM``
+    subarray (the frame of every published default, e.g. aperture centre 36)
+    to this subarray's: add them (both 0 for ``SLITLESSPRISM``).
     """
 
     data: np.ndarray
@@ -85,6 +88,8 @@ class ExtractionInput:
     background: np.ndarray
     var_rnoise: np.ndarray | None
     effinttm: float
+    row_offset: int = 0
+    col_offset: int = 0
 
 
 @dataclass(frozen=True)
