@@ -1,0 +1,1 @@
+"""Reading rateints segments (fits), sessions (hdf5)."""

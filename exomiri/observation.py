@@ -1,0 +1,767 @@
+"""The central object: :class:`LRSObservation`, a frozen cube with fluent verbs.
+
+Every verb checks its prerequisites, calls a kernel from :mod:`exomiri.steps`
+(or a registered method), appends one :class:`~exomiri.provenance.StepRecord`
+and returns a NEW observation.  Arrays that a step does not change are shared
+between the old and the new observation, never copied; every stored array is
+read-only, so sharing is safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import dq as dqflags
+from .calibration import load as load_calibration
+from .exceptions import InputError, StepOrderError
+from .products import BackgroundModel, Product, Shifts, Spectra, WavelengthQuality
+from .provenance import StepRecord
+
+__all__ = ["INT_TIMES_COLUMNS", "LRSObservation", "ObservationMeta", "Segment"]
+
+#: Columns of the INT_TIMES table, as in JWST products.
+INT_TIMES_COLUMNS = (
+    "integration_number",
+    "int_start_MJD_UTC",
+    "int_mid_MJD_UTC",
+    "int_end_MJD_UTC",
+    "int_start_BJD_TDB",
+    "int_mid_BJD_TDB",
+    "int_end_BJD_TDB",
+)
+INT_TIMES_DTYPE = np.dtype(
+    [("integration_number", "<i4")] + [(name, "<f8") for name in INT_TIMES_COLUMNS[1:]]
+)
+
+#: Full-frame (1-based) start of the SLITLESSPRISM subarray: the frame in which
+#: every published default column/row (aperture 36, background 8-16 and 56-71,
+#: PSF rows 200-389) is given.
+SLITLESSPRISM_START = (1, 529)
+
+DO_NOT_USE = np.uint32(1 << dqflags.FLAGS["DO_NOT_USE"])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One input file and the (1-based, inclusive) integration numbers it holds."""
+
+    filename: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class ObservationMeta:
+    """Header metadata.  Geometry comes from here, never from a hard-coded 416 x 72."""
+
+    instrument: str = "MIRI"
+    detector: str = "MIRIMAGE"
+    filter: str = "P750L"
+    exp_type: str = "MIR_LRS-SLITLESS"
+    tso_visit: bool = True
+    subarray: str = "SLITLESSPRISM"
+    substrt1: int = 1
+    substrt2: int = 529
+    subsize1: int = 72
+    subsize2: int = 416
+    nints: int = 0
+    ngroups: int = 0
+    nframes: int = 1
+    tframe: float = 0.15904
+    tgroup: float = 0.15904
+    effinttm: float = 0.0
+    target: str = ""
+    exposure: str = ""
+    segments: tuple[Segment, ...] = ()
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def col_offset(self) -> int:
+        """Add to a SLITLESSPRISM column to get this subarray's column."""
+        return SLITLESSPRISM_START[0] - self.substrt1
+
+    @property
+    def row_offset(self) -> int:
+        """Add to a SLITLESSPRISM row to get this subarray's row."""
+        return SLITLESSPRISM_START[1] - self.substrt2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["segments"] = [dataclasses.asdict(s) for s in self.segments]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObservationMeta:
+        d = dict(d)
+        d["segments"] = tuple(Segment(**s) for s in d.get("segments", ()))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _readonly(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.flags.writeable:
+        view = value.view()
+        view.flags.writeable = False
+        return view
+    return value
+
+
+def _normalise_regions(regions: Any, what: str = "regions") -> tuple[tuple[int, int], ...]:
+    if isinstance(regions, str | bytes) or not isinstance(regions, Sequence | np.ndarray):
+        raise InputError(
+            f"{what}={regions!r} is not a list of (start, stop) column pairs; "
+            "write e.g. regions=((8, 17), (56, 72))."
+        )
+    out = []
+    for pair in regions:
+        if isinstance(pair, str | bytes) or len(np.atleast_1d(pair)) != 2:
+            raise InputError(
+                f"{what} entry {pair!r} is not a (start, stop) pair; "
+                "write e.g. regions=((8, 17), (56, 72))."
+            )
+        start, stop = (int(v) for v in pair)
+        out.append((start, stop))
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LRSObservation:
+    """A MIRI LRS slitless time series and everything the steps derived from it.
+
+    Cubes are (nints, nrows, ncols): rows are the dispersion axis (wavelength
+    falls as the row rises), columns the cross-dispersion axis.  ``data`` and
+    ``err`` are in DN/s, ``dq`` holds JWST flag bits.  ``int_times`` is the
+    INT_TIMES table (one record per integration); ``times`` the BJD_TDB
+    mid-times.  Products appear as steps run: ``wavelength``/``trace``
+    (:meth:`wavelength_map`), ``profile``/``outlier_counts`` (:meth:`clean`),
+    ``background`` (:meth:`subtract_background`), ``spectra``
+    (:meth:`extract`), ``shifts`` (:meth:`align`).  ``history`` holds one
+    provenance record per step.
+    """
+
+    data: np.ndarray
+    err: np.ndarray
+    dq: np.ndarray
+    int_times: np.ndarray
+    meta: ObservationMeta
+    var_poisson: np.ndarray | None = None
+    var_rnoise: np.ndarray | None = None
+    wcs: Any = None
+    wavelength_extension: np.ndarray | None = None
+    wavelength: np.ndarray | None = None
+    trace: np.ndarray | None = None
+    profile: np.ndarray | None = None
+    outlier_counts: np.ndarray | None = None
+    background: BackgroundModel | None = None
+    spectra: Spectra | None = None
+    shifts: Shifts | None = None
+    truth: Product | None = None
+    history: tuple[StepRecord, ...] = ()
+
+    #: Arrays whose first axis runs over integrations.
+    PER_INTEGRATION = (
+        "data",
+        "err",
+        "dq",
+        "var_poisson",
+        "var_rnoise",
+        "int_times",
+        "profile",
+        "outlier_counts",
+    )
+    #: Fields holding :class:`~exomiri.products.Product` objects.
+    PRODUCTS = ("background", "spectra", "shifts", "truth")
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.data) != 3:
+            raise InputError(
+                f"data must be a cube (nints, nrows, ncols); got shape {np.shape(self.data)}."
+            )
+        shape = self.data.shape
+        for name in ("err", "dq", "var_poisson", "var_rnoise", "profile"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != shape:
+                raise InputError(
+                    f"{name} has shape {np.shape(value)} but data has shape {shape}; "
+                    "every cube of one observation must have the same shape."
+                )
+        if len(self.int_times) != shape[0]:
+            raise InputError(
+                f"int_times has {len(self.int_times)} records for {shape[0]} integrations; "
+                "the INT_TIMES table must have one row per integration."
+            )
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _readonly(getattr(self, f.name)))
+        object.__setattr__(self, "history", tuple(self.history))
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.shape
+
+    @property
+    def nints(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def times(self) -> np.ndarray:
+        """BJD_TDB mid-times of the integrations (days)."""
+        return self.int_times["int_mid_BJD_TDB"]
+
+    @property
+    def integration_numbers(self) -> np.ndarray:
+        """1-based integration numbers within the exposure."""
+        return self.int_times["integration_number"]
+
+    @property
+    def steps_done(self) -> list[str]:
+        return [r.step for r in self.history]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays of this observation (shared arrays counted once)."""
+        seen: dict[int, int] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            arrays = value.arrays().values() if isinstance(value, Product) else [value]
+            for a in arrays:
+                if isinstance(a, np.ndarray):
+                    base = a.base if a.base is not None else a
+                    seen[id(base)] = max(seen.get(id(base), 0), a.nbytes)
+        return sum(seen.values())
+
+    def replace(self, record: StepRecord | None = None, **changes: Any) -> LRSObservation:
+        """A new observation with some fields changed and, optionally, one record appended."""
+        if record is not None:
+            changes["history"] = (*self.history, record)
+        return dataclasses.replace(self, **changes)
+
+    def pipe(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``func(self, *args, **kwargs)``, for chaining your own functions."""
+        return func(self, *args, **kwargs)
+
+    def usable_mask(self, dq_bits_to_mask: Any = (0,)) -> np.ndarray:
+        """True where a pixel must not be used.
+
+        A pixel is unusable when its value is not finite, or when it carries
+        one of ``dq_bits_to_mask`` and :meth:`clean` has not replaced it (a
+        replaced pixel has the OUTLIER bit OR-ed in).
+        """
+        bits = dqflags.bit_mask(dq_bits_to_mask)
+        bad = ~np.isfinite(self.data)
+        if bits:
+            bad |= ((self.dq & bits) != 0) & ((self.dq & dqflags.OUTLIER) == 0)
+        return bad
+
+    # --------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        nints, nrows, ncols = self.shape
+        target = self.meta.target or "unknown target"
+        steps = ", ".join(self.steps_done) or "none"
+        return (
+            f"<LRSObservation {target}: {nints} integrations x {nrows} rows x {ncols} cols "
+            f"({self.meta.subarray}), steps: {steps}, {self.nbytes / 2**20:.1f} MiB>"
+        )
+
+    def _repr_html_(self) -> str:
+        nints, nrows, ncols = self.shape
+        rows = [
+            ("Target", self.meta.target or "unknown"),
+            ("Shape", f"{nints} integrations x {nrows} rows x {ncols} columns"),
+            ("Subarray", f"{self.meta.subarray} (SUBSTRT {self.meta.substrt1}, {self.meta.substrt2})"),
+            ("Segments", ", ".join(s.filename for s in self.meta.segments) or "none"),
+            ("Memory", f"{self.nbytes / 2**20:.1f} MiB"),
+            (
+                "Products",
+                ", ".join(
+                    name
+                    for name in ("wavelength", "profile", "background", "spectra", "shifts")
+                    if getattr(self, name) is not None
+                )
+                or "none",
+            ),
+        ]
+        table = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        steps = "".join(
+            f"<li><code>{html.escape(r.summary())}</code> ({r.duration_s:.2f} s)</li>"
+            for r in self.history
+        )
+        return (
+            "<div><strong>LRSObservation</strong>"
+            f"<table>{table}</table><div>Steps:</div><ol>{steps or '<li>none</li>'}</ol></div>"
+        )
+
+    # ------------------------------------------------------------ step tools
+    def _last_index(self, step: str) -> int:
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i].step == step:
+                return i
+        return -1
+
+    def _require(self, attribute: str, call: str, step: str) -> None:
+        if getattr(self, attribute) is None:
+            raise StepOrderError(
+                f"{step}() needs {attribute!r}, which this observation does not have yet; "
+                f"call {call} first."
+            )
+
+    def _default_columns(self, cols: tuple[int, int]) -> tuple[int, int]:
+        ncols = self.shape[2]
+        off = self.meta.col_offset
+        return (int(np.clip(cols[0] + off, 0, ncols)), int(np.clip(cols[1] + off, 0, ncols)))
+
+    def _default_rows(self, rows: tuple[int, int]) -> tuple[int, int]:
+        nrows = self.shape[1]
+        off = self.meta.row_offset
+        return (int(np.clip(rows[0] + off, 0, nrows)), int(np.clip(rows[1] + off, 0, nrows)))
+
+    def _calibrated_trace(self) -> np.ndarray:
+        if self.trace is not None:
+            return self.trace
+        cal = load_calibration(self.meta.substrt1, self.meta.substrt2)
+        return cal.trace_at(np.arange(self.shape[1]))
+
+    # ------------------------------------------------------------------ steps
+    def wavelength_map(self, source: str = "auto") -> LRSObservation:
+        """Wavelength of every pixel (micron) and the calibrated trace column of every row.
+
+        ``source``: ``"wcs"`` evaluates the WCS that ``assign_wcs`` attached to
+        the file; ``"array"`` uses the file's ``WAVELENGTH`` extension;
+        ``"calibration"`` uses the bundled flight table (FLT-2), never the
+        network; ``"auto"`` takes the first of these that is available.  The
+        source and the calibration version are recorded in the history.
+        """
+        from .steps import wavelength as kernel
+
+        t0 = time.perf_counter()
+        choices = ("auto", "wcs", "array", "calibration")
+        if source not in choices:
+            raise InputError(
+                f"wavelength_map(source={source!r}) is not one of {', '.join(choices)}."
+            )
+        has_array = kernel.is_filled(self.wavelength_extension)
+        if source == "auto":
+            source = "wcs" if self.wcs is not None else "array" if has_array else "calibration"
+        cal = load_calibration(self.meta.substrt1, self.meta.substrt2)
+        nrows, ncols = self.shape[1:]
+        params: dict[str, Any] = {"source": source}
+        if source == "wcs":
+            if self.wcs is None:
+                raise InputError(
+                    "wavelength_map(source='wcs'): this observation carries no WCS "
+                    "(assign_wcs was not run on the file). Use source='calibration' for the "
+                    "bundled flight solution."
+                )
+            wavelength = kernel.wcs_map(self.wcs, (nrows, ncols))
+            params["reference"] = {
+                k: v for k, v in self.meta.header.items() if k.startswith("R_") or k == "CRDS_CTX"
+            }
+        elif source == "array":
+            if not has_array:
+                raise InputError(
+                    "wavelength_map(source='array'): the file's WAVELENGTH extension is missing "
+                    "or empty. Use source='calibration'."
+                )
+            wavelength = np.where(
+                self.wavelength_extension > 0, self.wavelength_extension, np.nan
+            ).astype(np.float64)
+        else:
+            wavelength = kernel.calibration_map(cal, (nrows, ncols))
+            params["calibration"] = {"version": cal.version, "sha256": cal.sha256}
+        trace = cal.trace_at(np.arange(nrows))
+        finite = np.isfinite(wavelength)
+        diagnostics = {
+            "rows_with_wavelength": int(np.any(finite, axis=1).sum()),
+            "range_um": [float(np.nanmin(wavelength)), float(np.nanmax(wavelength))]
+            if finite.any()
+            else None,
+        }
+        record = StepRecord.create(
+            "wavelength_map", params, diagnostics=diagnostics, duration_s=time.perf_counter() - t0
+        )
+        return self.replace(record, wavelength=wavelength, trace=trace)
+
+    def clean(
+        self,
+        dq_bits_to_mask: Any = None,
+        window_heights: Sequence[int] = (40,),
+        poly_order: int = 4,
+        outlier_threshold: float = 4.0,
+        spatial_profile_left_idx: int | None = None,
+        spatial_profile_right_idx: int | None = None,
+        weighted: bool = False,
+    ) -> LRSObservation:
+        """Replace outliers found against a windowed polynomial spatial profile.
+
+        Frame by frame, for every column and every window of rows
+        (``window_heights`` cycled to cover all rows), a polynomial of order
+        ``poly_order`` is fitted along the dispersion direction and the single
+        worst pixel is dropped while ``|residual| / std(residuals) >
+        outlier_threshold``.  Pixels that are NaN, carry one of
+        ``dq_bits_to_mask`` (numbers or names), or were dropped are replaced by
+        the fit; their ``err`` becomes the fit's uncertainty and ``OUTLIER`` is
+        OR-ed into ``dq``.  ``weighted=True`` fits with inverse-variance
+        weights.  Adds ``profile`` (the fit, negatives set to 0, kept in
+        columns [spatial_profile_left_idx, spatial_profile_right_idx) (26 and
+        47 on SLITLESSPRISM), normalised per row) and ``outlier_counts``
+        (per integration and row, replaced pixels within 0..4 columns of the
+        trace).
+        """
+        from .steps import clean as kernel
+
+        t0 = time.perf_counter()
+        if isinstance(window_heights, int | np.integer):
+            window_heights = (int(window_heights),)
+        if isinstance(window_heights, str) or not isinstance(window_heights, Sequence | np.ndarray):
+            raise InputError(
+                f"clean(window_heights={window_heights!r}): expected a list of row counts, "
+                "e.g. window_heights=[40]."
+            )
+        bits = dqflags.bit_numbers(dq_bits_to_mask)
+        left, right = self._default_columns((26, 47))
+        left = left if spatial_profile_left_idx is None else int(spatial_profile_left_idx)
+        right = right if spatial_profile_right_idx is None else int(spatial_profile_right_idx)
+        bad = dqflags.mask_from_dq(self.dq, bits)
+        result = kernel.clean_cube(
+            self.data,
+            self.err,
+            bad,
+            window_heights=tuple(int(h) for h in window_heights),
+            poly_order=poly_order,
+            outlier_threshold=outlier_threshold,
+            weighted=bool(weighted),
+        )
+        profile = kernel.spatial_profile(result.fit, left, right)
+        counts = kernel.outlier_counts(result.replaced, self._trace_columns(result.data))
+        new_dq = self.dq | (result.replaced.astype(np.uint32) * dqflags.OUTLIER)
+        n_pix = result.replaced.size
+        diagnostics = {
+            "replaced": int(result.replaced.sum()),
+            "clipped": int(result.clipped.sum()),
+            "replaced_fraction": float(result.replaced.sum() / n_pix),
+            "replaced_near_trace": int(counts[..., -1].sum()),
+        }
+        params = {
+            "dq_bits_to_mask": bits,
+            "window_heights": [int(h) for h in window_heights],
+            "poly_order": poly_order,
+            "outlier_threshold": outlier_threshold,
+            "spatial_profile_left_idx": left,
+            "spatial_profile_right_idx": right,
+            "weighted": bool(weighted),
+        }
+        record = StepRecord.create(
+            "clean", params, diagnostics=diagnostics, duration_s=time.perf_counter() - t0
+        )
+        return self.replace(
+            record,
+            data=result.data,
+            err=result.err,
+            dq=new_dq,
+            profile=profile,
+            outlier_counts=counts,
+        )
+
+    def _trace_columns(self, data: np.ndarray) -> np.ndarray:
+        """Per-row trace column: the calibrated tilt placed at the measured PSF position."""
+        from .steps.extract import fit_psf
+
+        rows = self._default_rows((200, 390))
+        cols = self._default_columns((12, 68))
+        tilt = self._calibrated_trace()
+        median_frame = np.nanmedian(data[:, rows[0] : rows[1], :], axis=0)
+        position, _ = fit_psf(median_frame[None], rows=(0, rows[1] - rows[0]), columns=cols)
+        anchor = np.nanmean(tilt[rows[0] : rows[1]])
+        centre = float(position[0]) if np.isfinite(position[0]) else 36.0 + self.meta.col_offset
+        return np.where(np.isfinite(tilt), tilt - anchor, 0.0) + centre
+
+    def subtract_background(
+        self,
+        method: str | type = "row_wise",
+        regions: Sequence[Sequence[int]] | None = None,
+        smoothing_length: int | None = None,
+        dq_bits_to_mask: Any = (0,),
+        **method_params: Any,
+    ) -> LRSObservation:
+        """Estimate the background from off-source columns and subtract it.
+
+        ``method`` is a registered background method name (see
+        ``exomiri.methods("background")``) or a method class; its own
+        parameters are passed as keywords.  ``regions`` are half-open column
+        ranges (default ``((8, 17), (56, 72))`` on SLITLESSPRISM).
+        ``smoothing_length`` applies a running median along rows.  The host
+        subtracts the model, adds its variance to ``err``, flags rows it could
+        not estimate as DO_NOT_USE, and stores the model compactly as
+        ``background``.
+        """
+        from .hookspecs import BackgroundInput
+        from .plugins import get_method
+        from .steps import background as kernel
+
+        t0 = time.perf_counter()
+        info = get_method("background", method)
+        params = _check_params(info, method_params)
+        if regions is None:
+            regions = tuple(self._default_columns(r) for r in ((8, 17), (56, 72)))
+        regions = _normalise_regions(regions)
+        region = kernel.region_mask(regions, self.shape[2])
+        frames = BackgroundInput(
+            data=self.data,
+            err=self.err,
+            mask=self.usable_mask(dq_bits_to_mask),
+            region=_readonly(region),
+            columns=_readonly(np.arange(self.shape[2], dtype=np.float64)),
+        )
+        try:
+            model = info.cls().estimate(frames, **params)
+        except Exception as exc:
+            exc.add_note(f"in background method {info.name!r} from {info.distribution}=={info.version}")
+            raise
+        model = _check_background_model(model, self.shape, info)
+        if smoothing_length is not None:
+            coeffs, cov = kernel.smooth_rows(model.coeffs, model.cov, smoothing_length)
+            model = BackgroundModel(basis=model.basis, coeffs=coeffs, cov=cov)
+        data, err = kernel.subtract(self.data, self.err, model)
+        failed = ~np.isfinite(data) & np.isfinite(self.data)
+        new_dq = self.dq | (failed.astype(np.uint32) * DO_NOT_USE) if failed.any() else self.dq
+        level = model.level(float(np.nanmedian(self._calibrated_trace())))
+        diagnostics = {
+            "median_level": float(np.nanmedian(level)),
+            "pixels_without_background": int(failed.sum()),
+        }
+        record = StepRecord.create(
+            "subtract_background",
+            {
+                "regions": [list(r) for r in regions],
+                "smoothing_length": smoothing_length,
+                "dq_bits_to_mask": dqflags.bit_numbers(dq_bits_to_mask),
+                **params,
+            },
+            method=info.name,
+            provider=info.distribution,
+            provider_version=info.version,
+            diagnostics=diagnostics,
+            duration_s=time.perf_counter() - t0,
+        )
+        return self.replace(record, data=data, err=err, dq=new_dq, background=model)
+
+    def extract(
+        self,
+        method: str | type = "optimal",
+        dq_bits_to_mask: Any = (0,),
+        **method_params: Any,
+    ) -> LRSObservation:
+        """Extract one spectrum per integration.
+
+        ``method`` is a registered extraction method (``"optimal"``, ``"box"``,
+        or one from a plugin; see ``exomiri.methods("extraction")``) or a
+        method class; its parameters (``aperture_center``,
+        ``aperture_left_width``, ``aperture_right_width``, ``trace_position``,
+        ...) are passed as keywords.  The profile from :meth:`clean` is used
+        when ``clean`` ran after the last background subtraction; otherwise
+        the method builds one from the data.  Adds ``spectra``.
+        """
+        from .hookspecs import ExtractionInput
+        from .plugins import get_method
+
+        t0 = time.perf_counter()
+        self._require("wavelength", "obs.wavelength_map()", "extract")
+        info = get_method("extraction", method)
+        params = _check_params(info, method_params)
+        profile_ok = self.profile is not None and self._last_index("clean") > self._last_index(
+            "subtract_background"
+        )
+        background = (
+            self.background.evaluate() if self.background is not None else np.zeros(1, np.float32)
+        )
+        background = np.broadcast_to(background.astype(np.float32, copy=False), self.shape)
+        frames = ExtractionInput(
+            data=self.data,
+            err=self.err,
+            mask=_readonly(self.usable_mask(dq_bits_to_mask)),
+            trace=self._calibrated_trace(),
+            profile=self.profile if profile_ok else None,
+            background=background,
+            var_rnoise=self.var_rnoise,
+            effinttm=float(self.meta.effinttm),
+            row_offset=self.meta.row_offset,
+            col_offset=self.meta.col_offset,
+        )
+        try:
+            result = info.cls().extract(frames, **params)
+        except Exception as exc:
+            exc.add_note(f"in extraction method {info.name!r} from {info.distribution}=={info.version}")
+            raise
+        spectra = self._spectra_from(result, info)
+        diagnostics = {
+            "median_flux": float(np.nanmedian(spectra.flux)),
+            "median_trace_position": float(np.nanmedian(spectra.trace_position)),
+            "median_trace_sigma": float(np.nanmedian(spectra.trace_sigma)),
+            "rejected": int(np.nansum(spectra.n_rejected)),
+            "profile": "clean" if profile_ok else "built from data",
+        }
+        record = StepRecord.create(
+            "extract",
+            {"dq_bits_to_mask": dqflags.bit_numbers(dq_bits_to_mask), **params},
+            method=info.name,
+            provider=info.distribution,
+            provider_version=info.version,
+            diagnostics=diagnostics,
+            duration_s=time.perf_counter() - t0,
+        )
+        return self.replace(record, spectra=spectra, shifts=None)
+
+    def _spectra_from(self, result: Any, info: Any) -> Spectra:
+        nints, nrows, ncols = self.shape
+        label = f"extraction method {info.name!r} from {info.distribution}=={info.version}"
+        flux = np.asarray(result.flux, dtype=np.float64)
+        flux_err = np.asarray(result.flux_err, dtype=np.float64)
+        for name, arr in (("flux", flux), ("flux_err", flux_err)):
+            if arr.shape != (nints, nrows):
+                from .exceptions import PluginError
+
+                raise PluginError(
+                    f"The {label} returned {name} of shape {arr.shape}; expected {(nints, nrows)}."
+                )
+        position = np.broadcast_to(np.asarray(result.trace_position, dtype=np.float64), (nints,))
+        sigma = np.broadcast_to(np.asarray(result.trace_sigma, dtype=np.float64), (nints,))
+        rejected = (
+            np.zeros((nints, nrows), np.int32)
+            if result.n_rejected is None
+            else np.asarray(result.n_rejected, dtype=np.int32)
+        )
+        # Wavelength of each row at the median trace position (the map may vary across columns).
+        tilt = self._calibrated_trace()
+        centre = float(np.nanmedian(position)) if np.isfinite(position).any() else 36.0
+        rows_psf = self._default_rows((200, 390))
+        anchor = np.nanmean(tilt[rows_psf[0] : rows_psf[1]])
+        cols = np.clip(np.where(np.isfinite(tilt), tilt - anchor, 0.0) + centre, 0, ncols - 1)
+        lo = np.floor(cols).astype(int)
+        hi = np.minimum(lo + 1, ncols - 1)
+        frac = cols - lo
+        r = np.arange(nrows)
+        wave = (1 - frac) * self.wavelength[r, lo] + frac * self.wavelength[r, hi]
+        return Spectra(
+            wavelength=wave,
+            rows=np.arange(nrows),
+            flux=flux,
+            flux_err=flux_err,
+            trace_position=np.array(position),
+            trace_sigma=np.array(sigma),
+            quality=WavelengthQuality.of(wave),
+            n_rejected=rejected,
+            method=info.name,
+        )
+
+    def align(
+        self,
+        align_spectra: bool = False,
+        x_rows: tuple[int, int] | None = None,
+        x_columns: tuple[int, int] | None = None,
+    ) -> LRSObservation:
+        """Measure the trace position against the time-median, per integration.
+
+        ``shifts.y`` (dispersion) comes from the spectra, ``shifts.x``
+        (cross-dispersion) from the column profile summed over ``x_rows``
+        (default rows 200-389 on SLITLESSPRISM) and ``x_columns`` (12-67);
+        positive means towards the higher index.  The shifts are fitted by
+        least squares against an interpolated template, which is unbiased on
+        smooth spectra.  ``align_spectra=True`` re-samples flux and errors onto
+        the template's rows, propagating the errors through the interpolation.
+        """
+        from .steps import align as kernel
+
+        t0 = time.perf_counter()
+        self._require("spectra", "obs.extract()", "align")
+        spectra = self.spectra
+        x_rows = self._default_rows((200, 390)) if x_rows is None else tuple(int(v) for v in x_rows)
+        x_columns = (
+            self._default_columns((12, 68)) if x_columns is None else tuple(int(v) for v in x_columns)
+        )
+        nrows, ncols = self.shape[1:]
+        if not (0 <= x_rows[0] < x_rows[1] <= nrows and 0 <= x_columns[0] < x_columns[1] <= ncols):
+            raise InputError(
+                f"align(x_rows={x_rows}, x_columns={x_columns}) must be half-open ranges inside "
+                f"the {nrows} x {ncols} frame."
+            )
+        use = (spectra.quality & WavelengthQuality.NO_WAVELENGTH) == 0
+        flux = np.where(use, spectra.flux, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weights = np.where(use, 1.0 / spectra.flux_err**2, 0.0)
+        weights[~np.isfinite(weights)] = 0.0
+        y, y_err = kernel.measure_shifts(flux, weights=weights)
+        profiles = kernel.cross_dispersion_profiles(self.data, rows=x_rows, columns=x_columns)
+        x, x_err = kernel.measure_shifts(profiles)
+        shifts = Shifts(x=x, y=y, x_err=x_err, y_err=y_err)
+        new_spectra = spectra
+        if align_spectra:
+            aligned_flux, aligned_err = kernel.resample(spectra.flux, spectra.flux_err, y)
+            new_spectra = dataclasses.replace(
+                spectra, flux=aligned_flux, flux_err=aligned_err, aligned=True
+            )
+        diagnostics = {
+            "x_rms": float(np.nanstd(x)),
+            "y_rms": float(np.nanstd(y)),
+            "x_median_err": float(np.nanmedian(x_err)),
+            "y_median_err": float(np.nanmedian(y_err)),
+        }
+        record = StepRecord.create(
+            "align",
+            {"align_spectra": bool(align_spectra), "x_rows": list(x_rows), "x_columns": list(x_columns)},
+            diagnostics=diagnostics,
+            duration_s=time.perf_counter() - t0,
+        )
+        return self.replace(record, shifts=shifts, spectra=new_spectra)
+
+    # ------------------------------------------------------------- in and out
+    def save(self, path: str) -> str:
+        """Save everything to an HDF5 session file, atomically; returns the path."""
+        from .io.hdf5 import save
+
+        return save(self, path)
+
+    def write(self, path: str, segments: int | None = None) -> list[str]:
+        """Write the cube as ``*_rateints.fits`` segment(s); returns the file names."""
+        from .io.fits import write
+
+        return write(self, path, segments=segments)
+
+
+def _check_params(info: Any, given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(info.parameters))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in info.parameters.items()) or "none"
+        raise InputError(
+            f"The {info.kind} method {info.name!r} has no parameter(s) {', '.join(unknown)}. "
+            f"Its parameters are: {known}."
+        )
+    return {**info.parameters, **given}
+
+
+def _check_background_model(model: Any, shape: tuple[int, int, int], info: Any) -> BackgroundModel:
+    from .exceptions import PluginError
+
+    label = f"background method {info.name!r} from {info.distribution}=={info.version}"
+    if not isinstance(model, BackgroundModel):
+        raise PluginError(f"The {label} returned {type(model).__name__}; expected a BackgroundModel.")
+    nints, nrows, ncols = shape
+    if model.basis.shape[0] != ncols:
+        raise PluginError(
+            f"The {label} returned a basis for {model.basis.shape[0]} columns; the frame has {ncols}."
+        )
+    if model.coeffs.shape[0] != nints or model.coeffs.shape[1] not in (1, nrows):
+        raise PluginError(
+            f"The {label} returned coefficients of shape {model.coeffs.shape}; expected "
+            f"({nints}, {nrows} or 1, k)."
+        )
+    return model
