@@ -11,6 +11,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -394,11 +396,13 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
                 m.wcs = obs.wcs
             for record in obs.history:
                 model.add_history_entry(f"exomiri {record.provider_version}: {record.summary()}"[:2000])
-            tmp = str(Path(name).with_suffix(f".tmp{os.getpid()}.fits"))
+            # Write under the final name inside a temporary folder next to the target (the
+            # data model stamps FILENAME from the path), then move it into place.
+            scratch = tempfile.mkdtemp(prefix=".exomiri-", dir=Path(name).parent)
+            tmp = os.path.join(scratch, Path(name).name)
             try:
                 model.save(tmp)
                 os.replace(tmp, name)
             finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+                shutil.rmtree(scratch, ignore_errors=True)
     return names

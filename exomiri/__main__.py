@@ -1,0 +1,5 @@
+"""``python -m exomiri``: the command line."""
+
+from .cli import main
+
+main()
