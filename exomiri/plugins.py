@@ -239,8 +239,8 @@ def _collect(state: _State, kind: str) -> dict[str, MethodInfo]:
     hook_name = KINDS[kind][0]
     found: dict[str, MethodInfo] = {}
     caller = getattr(state.pm.hook, hook_name)
-    # pluggy calls the last-registered first; register in load order instead.
-    for impl in reversed(caller.get_hookimpls()):
+    # get_hookimpls() lists implementations in registration order: built-ins first.
+    for impl in caller.get_hookimpls():
         plugin = impl.plugin_name
         dist = state.dists.get(plugin, ("unknown", "unknown"))
         registered: list[type] = []
