@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -247,6 +247,104 @@ class LRSObservation:
         """``func(self, *args, **kwargs)``, for chaining your own functions."""
         return func(self, *args, **kwargs)
 
+    # ------------------------------------------------------------- selection
+    def _resolve(self, integrations: Any) -> np.ndarray:
+        n = self.nints
+        if isinstance(integrations, slice):
+            return np.arange(n)[integrations]
+        index = np.asarray(integrations)
+        if index.dtype == bool:
+            if index.shape != (n,):
+                raise InputError(
+                    f"A boolean selection must have one value per integration ({n}); got {index.shape}."
+                )
+            return np.flatnonzero(index)
+        if index.ndim > 1 or (index.size and index.dtype.kind not in "iu"):
+            raise InputError(
+                f"Select integrations with an int, a slice, integer indices or a boolean mask; "
+                f"got {integrations!r}."
+            )
+        index = np.atleast_1d(index).astype(np.int64)
+        if index.size and (index.min() < -n or index.max() >= n):
+            raise InputError(f"Integration index out of range for {n} integrations: {integrations!r}.")
+        return np.where(index < 0, index + n, index)
+
+    def _time_window(self, time: Any) -> np.ndarray:
+        from astropy import units as u
+        from astropy.time import Time
+
+        if not isinstance(time, Sequence) or isinstance(time, str) or len(time) != 2:
+            raise InputError(
+                f"time={time!r} must be a (start, end) pair: BJD_TDB values, astropy Times, or "
+                "Quantities counted from the first integration (e.g. (1 * u.hour, None))."
+            )
+        start = self.int_times["int_start_BJD_TDB"][0]
+
+        def convert(value: Any, default: float) -> float:
+            if value is None:
+                return default
+            if isinstance(value, Time):
+                return float(value.tdb.jd)
+            if isinstance(value, u.Quantity):
+                return float(start + value.to_value(u.day))
+            return float(value)
+
+        t0 = convert(time[0], -np.inf)
+        t1 = convert(time[1], np.inf)
+        return np.flatnonzero((self.times >= t0) & (self.times <= t1))
+
+    def select(self, integrations: Any = None, time: Any = None) -> LRSObservation:
+        """A new observation holding only some integrations, with every product kept consistent.
+
+        ``integrations``: an int, a slice, integer indices or a boolean mask;
+        ``time``: a (start, end) window of mid-times, each a BJD_TDB value, an
+        astropy ``Time``, a ``Quantity`` counted from the first integration
+        (``time=(1 * u.hour, None)`` skips the first hour) or None (open).
+        Both may be given; the selection is recorded in the history.
+        """
+        t0 = perf_counter()
+        index = np.arange(self.nints)
+        if integrations is not None:
+            index = self._resolve(integrations)
+        if time is not None:
+            index = index[np.isin(index, self._time_window(time))]
+        if index.size == 0:
+            raise InputError("This selection leaves no integration; widen it.")
+        return self._take(index, "select", t0)
+
+    def drop(self, integrations: Any) -> LRSObservation:
+        """A new observation without the given integrations (indices, slice or mask)."""
+        t0 = perf_counter()
+        keep = np.setdiff1d(np.arange(self.nints), self._resolve(integrations))
+        if keep.size == 0:
+            raise InputError("Dropping these integrations leaves none.")
+        return self._take(keep, "drop", t0)
+
+    def __getitem__(self, integrations: Any) -> LRSObservation:
+        if isinstance(integrations, tuple):
+            raise InputError("Index an observation by integrations only, e.g. obs[100:].")
+        t0 = perf_counter()
+        return self._take(self._resolve(integrations), "select", t0)
+
+    def _take(self, index: np.ndarray, step: str, t0: float) -> LRSObservation:
+        changes: dict[str, Any] = {}
+        for name in self.PER_INTEGRATION:
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value[index]
+        for name in self.PRODUCTS:
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value.take(index)
+        numbers = self.integration_numbers[index]
+        record = StepRecord.create(
+            step,
+            {"integration_numbers": _ranges(numbers)},
+            diagnostics={"kept": int(index.size), "of": self.nints},
+            duration_s=perf_counter() - t0,
+        )
+        return self.replace(record, **changes)
+
     def usable_mask(self, dq_bits_to_mask: Any = (0,)) -> np.ndarray:
         """True where a pixel must not be used.
 
@@ -343,7 +441,7 @@ class LRSObservation:
         """
         from .steps import wavelength as kernel
 
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         choices = ("auto", "wcs", "array", "calibration")
         if source not in choices:
             raise InputError(
@@ -387,7 +485,7 @@ class LRSObservation:
             else None,
         }
         record = StepRecord.create(
-            "wavelength_map", params, diagnostics=diagnostics, duration_s=time.perf_counter() - t0
+            "wavelength_map", params, diagnostics=diagnostics, duration_s=perf_counter() - t0
         )
         return self.replace(record, wavelength=wavelength, trace=trace)
 
@@ -419,7 +517,7 @@ class LRSObservation:
         """
         from .steps import clean as kernel
 
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         if isinstance(window_heights, int | np.integer):
             window_heights = (int(window_heights),)
         if isinstance(window_heights, str) or not isinstance(window_heights, Sequence | np.ndarray):
@@ -461,7 +559,7 @@ class LRSObservation:
             "weighted": bool(weighted),
         }
         record = StepRecord.create(
-            "clean", params, diagnostics=diagnostics, duration_s=time.perf_counter() - t0
+            "clean", params, diagnostics=diagnostics, duration_s=perf_counter() - t0
         )
         return self.replace(
             record,
@@ -508,7 +606,7 @@ class LRSObservation:
         from .plugins import get_method
         from .steps import background as kernel
 
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         info = get_method("background", method)
         params = _check_params(info, method_params)
         if regions is None:
@@ -551,7 +649,7 @@ class LRSObservation:
             provider=info.distribution,
             provider_version=info.version,
             diagnostics=diagnostics,
-            duration_s=time.perf_counter() - t0,
+            duration_s=perf_counter() - t0,
         )
         return self.replace(record, data=data, err=err, dq=new_dq, background=model)
 
@@ -574,7 +672,7 @@ class LRSObservation:
         from .hookspecs import ExtractionInput
         from .plugins import get_method
 
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         self._require("wavelength", "obs.wavelength_map()", "extract")
         info = get_method("extraction", method)
         params = _check_params(info, method_params)
@@ -617,7 +715,7 @@ class LRSObservation:
             provider=info.distribution,
             provider_version=info.version,
             diagnostics=diagnostics,
-            duration_s=time.perf_counter() - t0,
+            duration_s=perf_counter() - t0,
         )
         return self.replace(record, spectra=spectra, shifts=None)
 
@@ -681,7 +779,7 @@ class LRSObservation:
         """
         from .steps import align as kernel
 
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         self._require("spectra", "obs.extract()", "align")
         spectra = self.spectra
         x_rows = self._default_rows((200, 390)) if x_rows is None else tuple(int(v) for v in x_rows)
@@ -719,7 +817,7 @@ class LRSObservation:
             "align",
             {"align_spectra": bool(align_spectra), "x_rows": list(x_rows), "x_columns": list(x_columns)},
             diagnostics=diagnostics,
-            duration_s=time.perf_counter() - t0,
+            duration_s=perf_counter() - t0,
         )
         return self.replace(record, shifts=shifts, spectra=new_spectra)
 
@@ -735,6 +833,17 @@ class LRSObservation:
         from .io.fits import write
 
         return write(self, path, segments=segments)
+
+
+def _ranges(numbers: np.ndarray) -> list[list[int]]:
+    """Integration numbers as [first, last] runs: compact in the history, exact."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if numbers.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(numbers) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [numbers.size - 1]])
+    return [[int(numbers[a]), int(numbers[b])] for a, b in zip(starts, ends, strict=True)]
 
 
 def _check_params(info: Any, given: dict[str, Any]) -> dict[str, Any]:

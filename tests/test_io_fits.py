@@ -141,7 +141,7 @@ def test_missing_extension_and_missing_file(tmp_path):
     with fits.open(path) as hdul:
         del hdul["ERR"]
         hdul.writeto(tmp_path / "cut_rateints.fits")
-    with pytest.raises(InputError, match="missing extension.*ERR") as info:
+    with pytest.raises(InputError, match=r"missing extension.*ERR") as info:
         exomiri.open(tmp_path / "cut_rateints.fits")
     assert "cut_rateints.fits" in str(info.value)
     with pytest.raises(InputError, match="no such file"):

@@ -22,7 +22,13 @@ import numpy as np
 from astropy.io import fits
 
 from ..exceptions import DataWarning, InputError
-from ..observation import INT_TIMES_COLUMNS, INT_TIMES_DTYPE, LRSObservation, ObservationMeta, Segment
+from ..observation import (
+    INT_TIMES_COLUMNS,
+    INT_TIMES_DTYPE,
+    LRSObservation,
+    ObservationMeta,
+    Segment,
+)
 
 __all__ = ["open", "write"]
 
@@ -80,7 +86,7 @@ def _check_header(path: Path) -> dict[str, Any]:
         value = keys.get(key)
         if value is None:
             raise InputError(f"{path}: primary header has no {key}; expected {key}={expected!r}. {fix}")
-        if isinstance(expected, tuple) and value not in expected or (
+        if (isinstance(expected, tuple) and value not in expected) or (
             not isinstance(expected, tuple) and value != expected
         ):
             raise InputError(f"{path}: {key}={value!r}, expected {expected!r}. {fix}")
@@ -229,7 +235,7 @@ def _meta_from(keys: dict[str, Any], segments: tuple[Segment, ...]) -> Observati
     )
 
 
-def open(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LRSObservation:  # noqa: A001
+def open(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LRSObservation:
     """Read one or more ``*_rateints.fits`` segments into one :class:`LRSObservation`.
 
     ``paths`` may be a path, a list of paths or a glob pattern.  Segments are
@@ -335,12 +341,16 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
 
     nints = obs.nints
     numbers = obs.integration_numbers
-    if segments is None and obs.meta.segments and sum(
-        s.last - s.first + 1 for s in obs.meta.segments
-    ) == nints:
-        bounds = [(s.first, s.last) for s in obs.meta.segments]
-        splits = [np.flatnonzero((numbers >= a) & (numbers <= b)) for a, b in bounds]
-    else:
+    splits = []
+    if segments is None and obs.meta.segments:
+        # The split of the files it was read from (integrations dropped since are skipped).
+        splits = [
+            np.flatnonzero((numbers >= s.first) & (numbers <= s.last)) for s in obs.meta.segments
+        ]
+        splits = [s for s in splits if s.size]
+        if sum(s.size for s in splits) != nints:
+            splits = []
+    if not splits:
         n = 1 if segments is None else int(segments)
         if not 1 <= n <= nints:
             raise InputError(f"write(segments={segments}) must be between 1 and {nints}.")

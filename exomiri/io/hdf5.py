@@ -173,7 +173,7 @@ def _check_version(path: Path, f: h5py.File) -> str:
         )
     version = str(f.attrs.get("format_version", ""))
     try:
-        major, minor = (int(v) for v in version.split("."))
+        major, _minor = (int(v) for v in version.split("."))
     except ValueError:
         raise SessionFormatError(f"{path}: unreadable format version {version!r}.") from None
     ours = tuple(int(v) for v in FORMAT_VERSION.split("."))
