@@ -1,0 +1,620 @@
+"""Outlier cleaning by iterative polynomial fits along the dispersion axis.
+
+Every (integration, column, window of rows) series is fitted by a polynomial
+in the row index; the single worst pixel is rejected while its deviation
+``|r| / std(r)`` exceeds the threshold, and every rejected or initially bad
+pixel is replaced by the fit (Horne 1986 style spatial-profile cleaning).
+
+Layout and cost
+---------------
+Windows of one height are gathered into a ``(h, N)`` array whose columns are
+the series of a chunk of at most 16 integrations (N = integrations x windows
+x columns).  Reductions run along axis 0 and the polynomial algebra is a
+handful of operations on length-N vectors: the normal equations are formed by
+:func:`numpy.einsum` from a shared Legendre design matrix
+(:func:`~exomiri.steps.lstsq.legendre_design`) and solved by a Cholesky
+factorisation written out over the k x k entries, so thousands of fits cost a
+few dozen vector operations.  Series without bad pixels take a precomputed
+pseudo-inverse.  After the first pass only the series that rejected a pixel
+are refitted.  Chunks are independent and run on a thread pool (numpy
+releases the GIL in its loops).
+
+The hot path makes no BLAS call (the rare SVD fallback works one matrix at a
+time): every result for a series is computed from that series alone, in an order that does not depend on how many other series are
+processed with it or where it sits among them, so the output is bit-for-bit
+the same for any ``block_size`` and any number of threads.  A BLAS product
+(as in :func:`~exomiri.steps.lstsq.batched_wls`) changes its summation order
+with the shape of the call, which would break that.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..exceptions import InputError
+from .lstsq import legendre_design
+
+__all__ = ["CleanResult", "clean_cube", "outlier_counts", "spatial_profile", "window_edges"]
+
+#: A clipping candidate whose residual spread is below this fraction of its
+#: largest |value| is an exact polynomial up to rounding and is not clipped.
+_DEGENERATE_RTOL = 1e-9
+#: Cholesky pivots below this fraction of their diagonal count as singular.
+_PIVOT_RTOL = 1e-13
+#: Most integrations cleaned together (whatever block_size allows): small
+#: enough for the (h, N) work arrays to stay in cache, large enough to amortise
+#: the Python overhead.
+_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    """Output of :func:`clean_cube`; all arrays have the shape of the input cube."""
+
+    data: np.ndarray  #: float32, bad and clipped pixels replaced by the fit
+    err: np.ndarray  #: float32, input err except at replaced pixels (fit uncertainty there)
+    replaced: np.ndarray  #: bool, every pixel replaced by the fit (initially bad | clipped)
+    clipped: np.ndarray  #: bool, pixels rejected by the iterative clipping only
+    fit: np.ndarray  #: float32, the polynomial fit values everywhere
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_int(value, name: str, minimum: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}. {hint}")
+    if isinstance(value, numbers.Integral):
+        ivalue = int(value)
+    else:
+        if not np.isfinite(value) or float(value) != int(value):
+            raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}. {hint}")
+        ivalue = int(value)
+    if ivalue < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}. {hint}")
+    return ivalue
+
+
+def _heights(window_heights) -> tuple[int, ...]:
+    hint = "Give a list of positive row counts, e.g. window_heights=[40]."
+    if isinstance(window_heights, numbers.Real) and not isinstance(window_heights, bool):
+        window_heights = [window_heights]
+    try:
+        items = list(window_heights)
+    except TypeError:
+        raise InputError(
+            f"window_heights must be a list of row counts, got {window_heights!r}. {hint}"
+        ) from None
+    if not items:
+        raise InputError(f"window_heights is empty. {hint}")
+    heights = tuple(_as_int(h, "every window height", 0, hint) for h in items)
+    if not any(heights):
+        raise InputError(f"window_heights {items!r} has no positive height. {hint}")
+    return heights
+
+
+def window_edges(nrows: int, window_heights) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop), ...]`` of the cleaning windows.
+
+    The heights are used cyclically from row 0 on; the last window is cut at
+    ``nrows`` and heights of zero are skipped.  ``window_edges(416, [40])``
+    gives ten windows of 40 rows and one of 16.
+    """
+    nrows = _as_int(nrows, "nrows", 0, "Pass the number of rows of the frame.")
+    heights = _heights(window_heights)
+    edges: list[tuple[int, int]] = []
+    start, i = 0, 0
+    while start < nrows:
+        h = heights[i % len(heights)]
+        i += 1
+        if h == 0:
+            continue
+        stop = min(start + h, nrows)
+        edges.append((start, stop))
+        start = stop
+    return edges
+
+
+def _cube(name: str, array) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise InputError(
+            f"{name} must be a cube (nints, nrows, ncols), got shape {array.shape}. "
+            "Pass a single frame as array[None]."
+        )
+    return array
+
+
+# --------------------------------------------------------------------------- polynomial algebra
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Per window height: the Legendre design and what is derived from it."""
+
+    h: int
+    k: int
+    A: np.ndarray  # (h, k)
+    AT: np.ndarray  # (k, h)
+    pinv: np.ndarray  # (k, h), least-squares (or minimum-norm) solution for all-good series
+    outerT: np.ndarray  # (npairs, h), A[:, p] * A[:, q] for the pairs p >= q
+    pairs: tuple[tuple[int, int], ...]
+
+
+@lru_cache(maxsize=64)
+def _design(h: int, order: int) -> _Design:
+    A = legendre_design(np.arange(h), order)
+    k = order + 1
+    pairs = tuple((p, q) for p in range(k) for q in range(p + 1))
+    outerT = np.stack([A[:, p] * A[:, q] for p, q in pairs])
+    AT = np.ascontiguousarray(A.T)
+    pinv = np.linalg.pinv(A)
+    for a in (A, AT, pinv, outerT):
+        a.setflags(write=False)
+    return _Design(h, k, A, AT, pinv, outerT, pairs)
+
+
+def _cholesky(d: _Design, M: np.ndarray):
+    """Cholesky factors of normal matrices given as their lower-triangle entries.
+
+    ``M`` (npairs, n) holds the entries for ``d.pairs``.  Returns ``L`` as a
+    k x k nested list of length-n vectors (upper part None) and ``ok``, False
+    where a pivot is not clearly positive (those columns are not usable).
+    """
+    k = d.k
+    entry = {pq: M[i] for i, pq in enumerate(d.pairs)}
+    L: list[list[np.ndarray | None]] = [[None] * k for _ in range(k)]
+    ok = np.ones(M.shape[1], dtype=bool)
+    for j in range(k):
+        diag = entry[(j, j)]
+        piv = diag.copy()
+        for p in range(j):
+            piv -= L[j][p] * L[j][p]
+        ok &= piv > _PIVOT_RTOL * diag
+        ljj = np.sqrt(np.where(ok, piv, 1.0))
+        L[j][j] = ljj
+        for i in range(j + 1, k):
+            v = entry[(i, j)].copy()
+            for p in range(j):
+                v -= L[i][p] * L[j][p]
+            v /= ljj
+            L[i][j] = v
+    return L, ok
+
+
+def _forward(L, rhs: list[np.ndarray]) -> list[np.ndarray]:
+    """Solve ``L z = rhs`` (rhs: list of k arrays broadcasting against L's vectors)."""
+    z: list[np.ndarray] = []
+    for i in range(len(rhs)):
+        v = rhs[i] - sum(L[i][p] * z[p] for p in range(i)) if i else rhs[i] + 0.0
+        z.append(v / L[i][i])
+    return z
+
+
+def _backward(L, z: list[np.ndarray]) -> list[np.ndarray]:
+    k = len(z)
+    c: list[np.ndarray] = [None] * k  # type: ignore[list-item]
+    for i in reversed(range(k)):
+        v = z[i] - sum(L[p][i] * c[p] for p in range(i + 1, k)) if i < k - 1 else z[i] + 0.0
+        c[i] = v / L[i][i]
+    return c
+
+
+def _pinv_fit(d: _Design, y: np.ndarray, w: np.ndarray):
+    """Least-squares coefficients by SVD, minimum-norm where underdetermined.
+
+    Returns ``(coef (k, n), P (n, k, h))`` with ``P = pinv(sqrt(W) A)``.
+    """
+    sw = np.sqrt(w).T  # (n, h)
+    P = np.linalg.pinv(sw[:, :, None] * d.A[None])
+    coef = np.einsum("nkh,nh->kn", P, sw * y.T)
+    return coef, P
+
+
+def _products(mat: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``mat @ x`` for mat (p, h) and x (h, n), column by column.
+
+    An einsum, not a BLAS product: the result for one column does not depend
+    on how many other columns there are or where it sits among them.
+    """
+    return np.einsum("ph,hn->pn", mat, x)
+
+
+def _fit(d: _Design, y, w, ng) -> np.ndarray:
+    """Coefficients (k, n) of the weighted fits of the columns of ``y`` (h, n).
+
+    ``w`` is zero at excluded pixels and ``ng`` the number of included pixels
+    per column; columns with fewer than two get zeros, columns with fewer than
+    k = poly_order + 1 the minimum-norm solution (exact through their pixels).
+    """
+    k, n = d.k, y.shape[1]
+    coef = np.zeros((k, n))
+    chol = np.flatnonzero(ng >= k)
+    if chol.size == n:
+        chol = slice(None)
+        ys, ws = y, w
+    else:
+        ys, ws = y[:, chol], w[:, chol]
+    need_svd = (ng >= 2) & (ng < k)
+    if ys.shape[1]:
+        L, ok = _cholesky(d, _products(d.outerT, ws))
+        b = _products(d.AT, ws * ys)
+        coef[:, chol] = np.stack(_backward(L, _forward(L, list(b))))
+        failed = np.zeros(n, dtype=bool)
+        failed[chol] = ~ok
+        need_svd |= failed & (ng >= k)
+    svd = np.flatnonzero(need_svd)
+    if svd.size:
+        coef[:, svd] = _pinv_fit(d, y[:, svd], w[:, svd])[0]
+    return coef
+
+
+def _fit_variance(d: _Design, w: np.ndarray) -> np.ndarray:
+    """``a_j^T (A^T W A)^-1 a_j`` for every row j, shape (h, n); needs >= k weights > 0."""
+    L, ok = _cholesky(d, _products(d.outerT, w))
+    z = _forward(L, [d.A[:, i, None] for i in range(d.k)])  # L^-1 A^T, each (h, n)
+    var = z[0] * z[0]
+    for zi in z[1:]:
+        var += zi * zi
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        P = _pinv_fit(d, np.zeros((d.h, bad.size)), w[:, bad])[1]  # (n, k, h)
+        AP = np.einsum("jk,nkh->njh", d.A, P)
+        var[:, bad] = np.einsum("njh,njh->jn", AP, AP)
+    return var
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def _clean_group(d: _Design, y, good, inv_err, threshold):
+    """Clean the series in the columns of ``y`` (h, N); updates ``good`` in place.
+
+    ``y`` holds zeros at the pixels that are not good; ``inv_err`` is None for
+    unweighted fits, else 1/err, zero at the pixels that are not good (updated
+    in place too).  Returns ``fit`` (h, N), ``clipped`` (h, N) and ``(cols, sigma)``:
+    the 1-sigma fit uncertainties ``sigma`` (h, len(cols)) of the columns
+    ``cols`` whose fit has spare degrees of freedom.
+    """
+    h, N = y.shape
+    k = d.k
+    weighted = inv_err is not None
+    ng = np.count_nonzero(good, axis=0)
+    part = np.flatnonzero(ng < h)
+
+    def multiplier(cols):
+        if weighted:
+            return inv_err if cols is None else inv_err[:, cols]
+        return good if cols is None else good[:, cols]
+
+    def weights(cols):
+        if weighted:
+            m = multiplier(cols)
+            return m * m
+        return multiplier(cols).astype(np.float64)
+
+    if weighted:
+        coef = _fit(d, y, weights(None), ng)
+    else:
+        coef = _products(d.pinv, y)
+        if part.size:
+            coef[:, part] = _fit(d, y[:, part], weights(part), ng[part])
+        if h < 2:
+            coef[:] = 0.0
+    fit = _products(d.A, coef)
+
+    clipped = np.zeros((h, N), dtype=bool)
+    cols = None  # None: all columns
+    ys, fs, ngs = y, fit, ng
+    while True:
+        r = ys - fs
+        if weighted:
+            r *= multiplier(cols)
+        elif cols is None:
+            if part.size:
+                r[:, part] *= good[:, part]
+        else:
+            r *= multiplier(cols)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = r.sum(axis=0) / ngs
+            var = np.einsum("hn,hn->n", r, r) / ngs - mean * mean
+            std = np.sqrt(np.maximum(var, 0.0))
+            rmax = np.maximum(r.max(axis=0), -r.min(axis=0))
+            dev = np.where(std > 0, rmax / std, 0.0)
+        cand = np.flatnonzero((ngs >= 2) & (dev > threshold))
+        if cand.size:
+            m = multiplier(None if cols is None else cols[cand])
+            m = m if cols is not None else m[:, cand]
+            scale_y = np.abs(ys[:, cand] * m).max(axis=0)
+            cand = cand[std[cand] > _DEGENERATE_RTOL * scale_y]
+        if not cand.size:
+            break
+        worst = np.abs(r[:, cand]).argmax(axis=0)
+        hit = cand if cols is None else cols[cand]
+        good[worst, hit] = False
+        clipped[worst, hit] = True
+        if weighted:
+            inv_err[worst, hit] = 0.0
+        ng[hit] -= 1
+        ys, ngs = y[:, hit], ng[hit]
+        fs = _products(d.A, _fit(d, ys, weights(hit), ngs))
+        fit[:, hit] = fs
+        cols = hit
+
+    rep = np.flatnonzero(ng < h)
+    sel = rep[ng[rep] >= k] if weighted else rep[ng[rep] > k]
+    sigma = np.empty((h, 0))
+    if sel.size:
+        ngs = ng[sel].astype(np.float64)
+        ws = weights(sel)
+        r = (y[:, sel] - fit[:, sel]) * multiplier(sel)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi2 = np.einsum("hn,hn->n", r, r) / (ngs - k)
+        factor = np.where(ngs > k, np.maximum(chi2, 1.0), 1.0) if weighted else chi2
+        sigma = np.sqrt(_fit_variance(d, ws) * factor)
+    return fit, clipped, (sel, sigma)
+
+
+def _cube_index(flat, N, S, ncols, starts, i0):
+    """Cube indices (integration, row, column) of flat indices into a (h, N) group array."""
+    j, n = np.divmod(flat, N)
+    b, s = np.divmod(n, S)
+    w, c = np.divmod(s, ncols)
+    return i0 + b, starts[w] + j, c
+
+
+def _clean_chunk(data, err, bad, out, i0, i1, groups, order, threshold, weighted):
+    """Clean integrations [i0, i1) and write them into the output cubes."""
+    out["data"][i0:i1] = data[i0:i1]
+    out["err"][i0:i1] = err[i0:i1]
+    out["replaced"][i0:i1] = False
+    out["clipped"][i0:i1] = False
+    B = i1 - i0
+    ncols = data.shape[2]
+    any_bad = bad is not None and bad[i0:i1].any()
+    for h, windows in groups:
+        d = _design(h, order)
+        nw = len(windows)
+        shape = (h, B, nw, ncols)
+        Y = np.empty(shape)
+        M = np.empty(shape, dtype=bool) if any_bad else None
+        E = np.empty(shape) if weighted else None
+        for iw, (a, b) in enumerate(windows):
+            Y[:, :, iw] = data[i0:i1, a:b].transpose(1, 0, 2)
+            if any_bad:
+                M[:, :, iw] = bad[i0:i1, a:b].transpose(1, 0, 2)
+            if weighted:
+                E[:, :, iw] = err[i0:i1, a:b].transpose(1, 0, 2)
+        y = Y.reshape(h, -1)
+        N, S = y.shape[1], nw * ncols
+        good = np.isfinite(y)
+        if any_bad:
+            good &= ~M.reshape(h, -1)
+        inv_err = None
+        if weighted:
+            E = E.reshape(h, -1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                good &= np.isfinite(E) & (E > 0)
+                inv_err = np.where(good, 1.0 / E, 0.0)
+        np.copyto(y, 0.0, where=~good)
+        fit, clipped, (sel, sigma) = _clean_group(d, y, good, inv_err, threshold)
+
+        fit_cube = fit.reshape(shape)
+        for iw, (a, b) in enumerate(windows):
+            out["fit"][i0:i1, a:b] = fit_cube[:, :, iw].transpose(1, 0, 2)
+        starts = np.array([a for a, _ in windows])
+        replaced = ~good
+        flat = np.flatnonzero(replaced)
+        if flat.size:
+            idx = _cube_index(flat, N, S, ncols, starts, i0)
+            out["data"][idx] = fit.ravel()[flat]
+            out["replaced"][idx] = True
+            old = out["err"][idx]
+            new = np.where(np.isfinite(old), old, np.nan)
+            if sel.size:
+                rows, pos = np.nonzero(replaced[:, sel])
+                new_sel = np.ravel_multi_index((rows, sel[pos]), (h, N))
+                new[np.searchsorted(flat, new_sel)] = sigma[rows, pos]
+            out["err"][idx] = new
+        flat = np.flatnonzero(clipped)
+        if flat.size:
+            out["clipped"][_cube_index(flat, N, S, ncols, starts, i0)] = True
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def clean_cube(
+    data,
+    err,
+    bad=None,
+    *,
+    window_heights=(40,),
+    poly_order: int = 4,
+    outlier_threshold: float = 4.0,
+    weighted: bool = False,
+    block_size: int = 128,
+    n_threads: int | None = None,
+) -> CleanResult:
+    """Replace bad pixels and iteratively clipped outliers by polynomial fits along rows.
+
+    Parameters
+    ----------
+    data, err : (nints, nrows, ncols) arrays (any float dtype or byte order).
+    bad : bool array of the same shape, True where the caller's DQ mask
+        rejects a pixel; None for none.  Non-finite data are bad as well.
+    window_heights : row counts of the windows, used cyclically from row 0.
+    poly_order : order of the polynomial in the row index.
+    outlier_threshold : a series' worst pixel is clipped while
+        ``|r| / std(r)`` exceeds this (std over the good pixels, ddof=0).
+    weighted : fit with weights 1/err**2 and measure deviations as
+        ``|r/err| / std(r/err)``; pixels whose err is not finite and positive
+        are bad.
+    block_size : at most this many integrations are processed together by
+        one thread (at most 16 are, to keep the work arrays in cache); the
+        temporary memory is about 50 bytes per pixel of that many
+        integrations per thread.  Results do not depend on it.
+    n_threads : blocks of integrations cleaned concurrently; default: the
+        usable CPUs, at most 8.  Results do not depend on it.
+
+    Returns
+    -------
+    CleanResult.  At replaced pixels ``err`` is the 1-sigma uncertainty of the
+    fitted value; where the fit has no spare degrees of freedom (unweighted:
+    good pixels <= poly_order + 1; weighted: < poly_order + 1) it is the input
+    err of the pixel, or NaN if that is not finite.
+    """
+    data = _cube("data", data)
+    err = _cube("err", err)
+    if err.shape != data.shape:
+        raise InputError(
+            f"err has shape {err.shape} but data has shape {data.shape}; they must match. "
+            "Pass the ERR cube that belongs to the SCI cube."
+        )
+    if bad is not None:
+        bad = _cube("bad", bad)
+        if bad.shape != data.shape:
+            raise InputError(
+                f"bad has shape {bad.shape} but data has shape {data.shape}; they must match. "
+                "Build it from the DQ cube of the same data, e.g. exomiri.dq.mask_from_dq(dq, bits)."
+            )
+        if bad.dtype != bool:
+            raise InputError(
+                f"bad must be a boolean mask, got dtype {bad.dtype}. "
+                "Convert DQ values with exomiri.dq.mask_from_dq(dq, bits)."
+            )
+    for name, arr in (("data", data), ("err", err)):
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    heights = _heights(window_heights)
+    order = _as_int(poly_order, "poly_order", 0, "Use e.g. poly_order=4.")
+    if (
+        isinstance(outlier_threshold, bool)
+        or not isinstance(outlier_threshold, numbers.Real)
+        or not np.isfinite(outlier_threshold)
+        or outlier_threshold <= 0
+    ):
+        raise InputError(
+            f"outlier_threshold must be a positive number of standard deviations, got "
+            f"{outlier_threshold!r}. Use e.g. outlier_threshold=4.0."
+        )
+    block = _as_int(block_size, "block_size", 1, "Use e.g. block_size=128.")
+    threads = (
+        _default_threads()
+        if n_threads is None
+        else _as_int(
+            n_threads, "n_threads", 1, "Use e.g. n_threads=2, or None for the usable CPUs."
+        )
+    )
+
+    nints, nrows, ncols = data.shape
+    out = {
+        "data": np.empty(data.shape, dtype=np.float32),
+        "err": np.empty(data.shape, dtype=np.float32),
+        "replaced": np.empty(data.shape, dtype=bool),
+        "clipped": np.empty(data.shape, dtype=bool),
+        "fit": np.empty(data.shape, dtype=np.float32),
+    }
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for a, b in window_edges(nrows, heights):
+        groups.setdefault(b - a, []).append((a, b))
+    group_list = sorted(groups.items())
+    step = min(block, _CHUNK)
+    chunks = [(i0, min(i0 + step, nints)) for i0 in range(0, nints, step)]
+    if ncols and chunks:
+
+        def work(span):
+            _clean_chunk(
+                data,
+                err,
+                bad,
+                out,
+                span[0],
+                span[1],
+                group_list,
+                order,
+                float(outlier_threshold),
+                bool(weighted),
+            )
+
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
+                list(pool.map(work, chunks))
+        else:
+            for span in chunks:
+                work(span)
+    return CleanResult(**out)
+
+
+# --------------------------------------------------------------------------- derived products
+
+
+def spatial_profile(fit, left: int = 26, right: int = 47) -> np.ndarray:
+    """Normalised spatial profile from the fit cube of :func:`clean_cube`.
+
+    Negative and non-finite values become 0, columns outside ``[left, right)``
+    are 0, and each row is scaled to sum to 1 over ``[left, right)``; a row
+    with nothing positive there becomes uniform, ``1 / (right - left)``.
+    Returns float32 of the shape of ``fit`` (..., nrows, ncols).
+    """
+    fit = np.asarray(fit)
+    if fit.ndim < 2:
+        raise InputError(
+            f"fit must have at least 2 dimensions (nrows, ncols), got shape {fit.shape}."
+        )
+    ncols = fit.shape[-1]
+    hint = f"Give 0 <= left < right <= ncols = {ncols}, e.g. left=26, right=47."
+    left = _as_int(left, "left", 0, hint)
+    right = _as_int(right, "right", 0, hint)
+    if right > ncols or left >= right:
+        raise InputError(f"Columns [left, right) = [{left}, {right}) are not valid. {hint}")
+    core = np.array(fit[..., left:right], dtype=np.float64)
+    core[~(core > 0)] = 0.0  # negatives and NaN
+    core[np.isinf(core)] = 0.0
+    total = core.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        core = np.where(total > 0, core / total, 1.0 / (right - left))
+    profile = np.zeros(fit.shape, dtype=np.float32)
+    profile[..., left:right] = core
+    return profile
+
+
+def outlier_counts(replaced, trace_columns, max_distance: int = 4) -> np.ndarray:
+    """Replaced pixels near the trace, per integration and row.
+
+    ``counts[i, row, d]`` is the number of replaced pixels of integration i in
+    that row with ``|col - round(trace_columns[row])| <= d`` for d = 0 ..
+    max_distance.  ``trace_columns`` has shape (nrows,) or (nints, nrows); rows
+    whose trace column is not finite count nothing.  Returns int32
+    (nints, nrows, max_distance + 1).
+    """
+    replaced = _cube("replaced", replaced)
+    if replaced.dtype != bool:
+        raise InputError(f"replaced must be a boolean cube, got dtype {replaced.dtype}.")
+    nints, nrows, ncols = replaced.shape
+    dmax = _as_int(max_distance, "max_distance", 0, "Use e.g. max_distance=4.")
+    trace = np.asarray(trace_columns, dtype=np.float64)
+    if trace.shape not in ((nrows,), (nints, nrows)):
+        raise InputError(
+            f"trace_columns has shape {trace.shape}; expected ({nrows},) or ({nints}, {nrows}), "
+            "one trace column per row (and optionally per integration)."
+        )
+    finite = np.isfinite(trace)
+    centre = np.rint(np.where(finite, trace, -1e9))
+    dist = np.abs(np.arange(ncols) - centre[..., None])  # (.., nrows, ncols)
+    dist = np.where(finite[..., None], dist, np.inf)
+    counts = np.empty((nints, nrows, dmax + 1), dtype=np.int32)
+    for dd in range(dmax + 1):
+        counts[..., dd] = np.count_nonzero(replaced & (dist <= dd), axis=-1)
+    return counts
