@@ -7,8 +7,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-import exomiri  # noqa: E402
-from exomiri import plugins  # noqa: E402
+import exomiri
+from exomiri import plugins
 
 
 @pytest.fixture(scope="session")
