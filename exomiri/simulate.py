@@ -66,6 +66,11 @@ class SimulationTruth(Product):
     ``background_row`` (background at the trace column, before drift),
     ``noise_floor`` (the best possible 1-sigma error of one integration's flux
     in that row: 1/sqrt(sum P^2/V) with the true profile P and variance V).
+    ``grid``/``cumulative``/``cumulative_depth``: the cumulative integrals,
+    on a fine grid of row positions, of the stellar spectrum (already blurred
+    by the PSF along the dispersion direction) and of spectrum times depth;
+    a row's flux is the difference of ``cumulative`` across its edges, which
+    renders sub-pixel y shifts exactly.
     ``cosmic_rays`` (n, 3) integration/row/column of each hit with
     ``cosmic_ray_amplitude`` (DN/s); ``hot_pixels``/``dead_pixels`` (m, 2)
     row/column.
@@ -93,6 +98,9 @@ class SimulationTruth(Product):
     wing_fraction: np.ndarray
     background_row: np.ndarray
     noise_floor: np.ndarray
+    grid: np.ndarray
+    cumulative: np.ndarray
+    cumulative_depth: np.ndarray
     cosmic_rays: np.ndarray
     cosmic_ray_amplitude: np.ndarray
     hot_pixels: np.ndarray
@@ -179,11 +187,16 @@ def _render_star(truth: SimulationTruth, idx: np.ndarray) -> np.ndarray:
     cols = np.arange(truth.ncols, dtype=np.float64)
     out = np.empty((len(idx), nrows, truth.ncols))
     for k, i in enumerate(idx):
-        # Dispersion shift: the spectrum that lands on row r comes from row r - dy.
+        # Dispersion shift: the light that lands on row r comes from rows r - dy.
         y = rows - truth.y_shift[i]
-        flux = np.interp(y, rows, truth.spectrum, left=0.0, right=0.0)
-        depth = np.interp(y, rows, truth.depth)
-        flux = flux * (1.0 - depth * truth.transit_shape[i]) * truth.ramp[i]
+        upper, lower = y + 0.5, y - 0.5
+        flux = np.interp(upper, truth.grid, truth.cumulative) - np.interp(
+            lower, truth.grid, truth.cumulative
+        )
+        absorbed = np.interp(upper, truth.grid, truth.cumulative_depth) - np.interp(
+            lower, truth.grid, truth.cumulative_depth
+        )
+        flux = (flux - absorbed * truth.transit_shape[i]) * truth.ramp[i]
         sigma = np.interp(y, rows, truth.psf_sigma)[:, None]
         wing_sigma = np.interp(y, rows, truth.wing_sigma)[:, None]
         frac = np.interp(y, rows, truth.wing_fraction)[:, None]
@@ -304,20 +317,46 @@ def simulate(
     # --- wavelength, throughput, stellar spectrum per row
     # Outside the calibrated rows hold the end values so the scene stays finite.
     wave = np.interp(rows, cal.rows, cal.wavelength_smooth)
-    dlam = np.abs(np.gradient(wave))
-    spectrum = _blackbody_photons(wave, stellar_temperature) * _throughput(wave) * dlam
     calibrated = (rows >= cal.rows[0]) & (rows <= cal.rows[-1])
-    spectrum[~calibrated] = 0.0
-    spectrum *= star_flux / spectrum.max()
+    psf_sigma = np.sqrt((0.126 * wave) ** 2 + 0.7**2)
+
+    # Spectral density per unit row on a fine grid: light only where the
+    # calibration defines wavelengths, blurred along the dispersion direction
+    # by the PSF core, then integrated so that any pixel's share is exact.
+    step = 0.05
+    grid = np.arange(-8.0, nrows + 8.0, step)
+    wave_fine = np.interp(grid, cal.rows, cal.wavelength_smooth)
+    density = (
+        _blackbody_photons(wave_fine, stellar_temperature)
+        * _throughput(wave_fine)
+        * np.abs(np.gradient(wave_fine, step))
+    )
+    density[(grid < cal.rows[0] - 0.5) | (grid > cal.rows[-1] + 0.5)] = 0.0
     if depth is None:
-        depth_rows = default_depth(wave)
+        depth_fine = default_depth(wave_fine)
     elif callable(depth):
-        depth_rows = np.asarray(depth(wave), dtype=float) * np.ones(nrows)
+        depth_fine = np.asarray(depth(wave_fine), dtype=float) * np.ones_like(grid)
     else:
-        depth_rows = np.full(nrows, float(depth))
+        depth_fine = np.full_like(grid, float(depth))
+    blur = float(np.median(psf_sigma[calibrated])) / step
+    kernel = np.exp(-0.5 * (np.arange(-int(5 * blur), int(5 * blur) + 1) / blur) ** 2)
+    kernel /= kernel.sum()
+    density = np.convolve(density, kernel, mode="same")
+    absorbed = np.convolve(density * depth_fine, kernel, mode="same")
+    cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * step)])
+    cumulative_depth = np.concatenate([[0.0], np.cumsum(0.5 * (absorbed[1:] + absorbed[:-1]) * step)])
+    spectrum = np.interp(rows + 0.5, grid, cumulative) - np.interp(rows - 0.5, grid, cumulative)
+    scale = star_flux / spectrum.max()
+    spectrum *= scale
+    cumulative *= scale
+    cumulative_depth *= scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth_rows = (
+            np.interp(rows + 0.5, grid, cumulative_depth) - np.interp(rows - 0.5, grid, cumulative_depth)
+        ) / spectrum
+    depth_rows[~np.isfinite(depth_rows)] = 0.0
 
     # --- PSF: diffraction core broadened by the detector, plus wide wings
-    psf_sigma = np.sqrt((0.126 * wave) ** 2 + 0.7**2)
     wing_sigma = 4.0 * psf_sigma
     wing_fraction = np.clip(0.06 + 0.01 * (wave - 5.0), 0.04, 0.15)
     trace = np.interp(rows, cal.rows, cal.trace) + trace_offset
@@ -363,6 +402,9 @@ def simulate(
         wing_fraction=wing_fraction,
         background_row=background_row,
         noise_floor=np.zeros(nrows),
+        grid=grid,
+        cumulative=cumulative,
+        cumulative_depth=cumulative_depth,
         cosmic_rays=np.zeros((0, 3), dtype=np.int64),
         cosmic_ray_amplitude=np.zeros(0),
         hot_pixels=np.zeros((0, 2), dtype=np.int64),
@@ -386,7 +428,7 @@ def simulate(
     with np.errstate(divide="ignore", invalid="ignore"):
         prof = star0 / spectrum[:, None]
         floor = 1.0 / np.sqrt(np.sum(prof**2 / var0, axis=1))
-    floor[spectrum <= 0] = np.nan
+    floor[spectrum <= 1e-6 * star_flux] = np.nan
 
     # --- render, add noise, chunk by chunk
     data = np.empty((nints, nrows, ncols), dtype=np.float32)
