@@ -1,0 +1,1 @@
+"""Built-in background and extraction methods, registered through the plugin hooks."""
