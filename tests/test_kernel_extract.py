@@ -435,6 +435,31 @@ def test_optimal_masked_pixels_and_estimated_read_noise():
             assert abs(part.mean()) < 0.06
 
 
+def test_optimal_counts_the_subtracted_background_in_the_variance():
+    rng = np.random.default_rng(21)
+    cube = make_cube(nints=60, amp=3000.0, seed=21, noise=False)
+    level = 80.0  # DN/s of background under the trace, already subtracted
+    var = RN + (cube["model"] + level) / Q
+    shape = cube["data"].shape
+    data = (cube["model"] + rng.normal(size=shape) * np.sqrt(var)).astype(np.float32)
+    err = np.broadcast_to(np.sqrt(var), shape).astype(np.float32)
+    ap = X.aperture_mask(np.full((1, shape[1]), 36.0), 8, 8, shape[2])
+    truth = aperture_truth(cube, ap)
+    background = np.full(shape, level, np.float32)
+    common = {"gain": GAIN, "effinttm": EFFINTTM}
+    for var_rnoise in (np.full(shape, RN), None):  # given, or estimated from err
+        f, e, _ = X.optimal(
+            data, err, None, cube["profile"][None], ap,
+            var_rnoise=var_rnoise, background=background, **common,
+        )  # fmt: skip
+        z = (f - truth) / e
+        assert 0.9 < z.std() < 1.1 and abs(z.mean()) < 0.06
+    _, e_without, _ = X.optimal(
+        data, err, None, cube["profile"][None], ap, var_rnoise=np.full(shape, RN), **common
+    )
+    assert (e_without < e).all()  # leaving the background out understates the error
+
+
 def test_optimal_err_variance_and_nan_rows():
     cube = make_cube(nints=30, amp=3000.0, seed=8)
     d = cube["data"].copy()
