@@ -9,6 +9,12 @@ Pixel ``j`` covers the column interval ``[j - 0.5, j + 0.5]``; an aperture of
 centre ``c`` and widths ``left``/``right`` covers ``[c - left - 0.5,
 c + right + 0.5]``, i.e. ``left + right + 1`` pixels.  With an integer centre
 these are exactly the integer pixels ``[rint(c - left), rint(c + right + 1))``.
+
+Contents: :func:`fit_psf` (trace position and width), :func:`aperture_centers`,
+:func:`box_weights`/:func:`aperture_mask`, :func:`box`, :func:`build_profile`
+(a static profile from the data), :func:`profile_shifts`/:func:`shift_profile`/
+:func:`follow_jitter` (that profile moved with the pointing jitter), and
+:func:`optimal`.
 """
 
 from __future__ import annotations
