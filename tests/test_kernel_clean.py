@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy import stats
 
 from exomiri.exceptions import InputError
 from exomiri.steps.clean import (
@@ -25,30 +26,39 @@ FIELDS = ("data", "err", "replaced", "clipped", "fit")
 def reference_series(y, bad, order, threshold, err=None):
     """Straightforward per-series cleaning: np.polyfit, clip the worst pixel, repeat.
 
+    The worst pixel is the one with the largest externally studentized
+    residual t_j = r_j / (s_(j) sqrt(1 - h_j)), from the explicit hat matrix;
+    it is clipped while |t_j| > threshold and the series has n - k - 1 >= 1.
     With ``err`` the fit is weighted by 1/err**2 and residuals are r/err.
     """
     h = y.size
+    k = order + 1
     x = np.arange(h, dtype=float)
     good = ~bad & np.isfinite(y)
     if err is not None:
         good &= np.isfinite(err) & (err > 0)
     clipped = np.zeros(h, dtype=bool)
     while True:
-        if good.sum() < 2:
+        n = good.sum()
+        if n < 2:
             fit = np.zeros(h)
             break
-        w = None if err is None else 1 / err[good]
+        w = np.ones(n) if err is None else 1 / err[good]
         fit = np.polyval(np.polyfit(x[good], y[good], order, w=w), x)
-        r = y[good] - fit[good]
-        if err is not None:
-            r = r / err[good]
-        sd = np.std(r)
-        if sd == 0:
+        if n - k - 1 < 1:
             break
-        dev = np.abs(r) / sd
-        if dev.max() <= threshold:
+        r = (y[good] - fit[good]) * w
+        X = np.vander(x[good], k) * w[:, None]  # sqrt(W) A
+        lev = np.diag(X @ np.linalg.solve(X.T @ X, X.T))
+        ssr = np.sum(r**2)
+        if ssr == 0:
             break
-        worst = np.flatnonzero(good)[np.argmax(dev)]
+        s2 = (ssr - r**2 / (1 - lev)) / (n - k - 1)
+        with np.errstate(divide="ignore"):
+            t = np.abs(r) / np.sqrt(np.maximum(s2, 0) * (1 - lev))
+        if t.max() <= threshold:
+            break
+        worst = np.flatnonzero(good)[np.argmax(t)]
         good[worst] = False
         clipped[worst] = True
     return fit, ~good, clipped
@@ -175,17 +185,19 @@ def test_matches_reference(heights, order, threshold):
 
 
 def test_weighted_matches_reference():
+    # errors spread over a factor of 10: the weighted leverages differ enough
+    # from the unweighted ones to change clipping decisions
     rng = np.random.default_rng(21)
-    nints, nrows, ncols = 2, 80, 6
+    nints, nrows, ncols = 2, 80, 20
     rows = np.arange(nrows)[None, :, None]
-    err = rng.uniform(0.5, 3.0, (nints, nrows, ncols))
+    err = rng.uniform(0.3, 3.0, (nints, nrows, ncols))
     err[rng.random(err.shape) < 0.01] = 0.0
     data = 50 + 0.1 * rows + rng.normal(0, 1, err.shape) * err
     inject(rng, data, 2.0, 0.02, low=3.0, high=40.0)
     bad = rng.random(data.shape) < 0.01
     res = clean_cube(data, err, bad, window_heights=[40, 25], weighted=True)
     fit, replaced, clipped = reference_cube(data, bad, [40, 25], 4, 4.0, err=err)
-    assert res.clipped.sum() > 5
+    assert res.clipped.sum() > 20
     np.testing.assert_array_equal(res.replaced, replaced)
     np.testing.assert_array_equal(res.clipped, clipped)
     np.testing.assert_allclose(res.fit, fit, rtol=1e-4, atol=1e-3)
@@ -195,10 +207,10 @@ def test_weighted_matches_reference():
 
 
 def test_recovers_injected_outliers_on_smooth_trace():
-    # The clip rule measures deviations against the std of residuals that
-    # include the outlier, so the largest deviation one pixel can reach is
-    # about sqrt(h (1 - leverage)): 4.9 at the edge of a 40-row window, below
-    # a threshold of 5.  100-row windows leave room for threshold 5.
+    # The published settings: 40-row windows and threshold 5.  A rule that
+    # divides by the std of residuals including the outlier cannot exceed
+    # about sqrt(h (1 - leverage)) = 4.9 at a window edge; the studentized
+    # residual has no such cap.
     rng = np.random.default_rng(2024)
     sigma = 2.0
     truth, data = smooth_trace(rng, 6, 200, 40, sigma)
@@ -207,7 +219,7 @@ def test_recovers_injected_outliers_on_smooth_trace():
         data.astype(np.float32),
         np.full(data.shape, sigma, np.float32),
         None,
-        window_heights=[100],
+        window_heights=[40],
         outlier_threshold=5.0,
     )
 
@@ -219,6 +231,54 @@ def test_recovers_injected_outliers_on_smooth_trace():
     assert np.all(np.abs(res.data[found] - truth[found]) < 3 * sigma)
     # The fit follows the trace everywhere to well within the noise.
     assert np.abs(res.fit - truth).mean() < 0.5 * sigma
+
+
+def test_two_large_outliers_in_one_series_are_both_found():
+    # Same-sign pairs of 30 and 35 sigma.  Against the std of all residuals
+    # neither exceeds 5, each inflating the other's scale.  The studentized
+    # deleted residual of one still has the other in its scale but reaches
+    # 6 to 8 here; once it is clipped the second stands out alone.
+    rng = np.random.default_rng(8)
+    rows = np.arange(40)
+    pairs = [(5, 30), (12, 13), (0, 20), (17, 39), (25, 26), (3, 36)]
+    data = np.empty((1, 40, len(pairs)))
+    hits = np.zeros(data.shape, dtype=bool)
+    for c, pair in enumerate(pairs):
+        y = 100 + 5 * np.sin(rows / 9.0) + rng.normal(0, 1, 40)
+        clean_y = y.copy()
+        y[list(pair)] += [30.0, 35.0]
+        data[0, :, c] = y
+        hits[0, list(pair), c] = True
+        # the std-based rule misses both
+        r = y - np.polyval(np.polyfit(rows, y, 4), rows)
+        assert np.abs(r).max() / r.std() < 5
+        # and without the pair the series is clean at this threshold
+        r = clean_y - np.polyval(np.polyfit(rows, clean_y, 4), rows)
+        assert np.abs(r).max() / r.std() < 4
+
+    res = clean_cube(data, np.ones_like(data), None, window_heights=[40], outlier_threshold=5.0)
+    np.testing.assert_array_equal(res.clipped, hits)
+    np.testing.assert_array_equal(res.replaced, hits)
+    clipped = reference_cube(data, np.zeros(data.shape, bool), [40], 4, 5.0)[2]
+    np.testing.assert_array_equal(clipped, hits)
+
+
+def test_false_positive_rate_on_pure_noise_follows_student_t():
+    # Without outliers a pixel is clipped when it is the series maximum and its
+    # studentized residual, Student-t with n - k - 1 degrees of freedom,
+    # exceeds the threshold: the clipped fraction is about the two-sided tail
+    # probability (a union bound over the series that is nearly exact here).
+    rng = np.random.default_rng(99)
+    data = rng.normal(0.0, 1.0, (200, 40, 400))
+    threshold = 4.0
+    res = clean_cube(
+        data, np.ones_like(data), None, window_heights=[40], outlier_threshold=threshold
+    )
+    expected = 2 * stats.t.sf(threshold, 40 - 5 - 1)  # 3.2e-4
+    fraction = res.clipped.mean()
+    assert expected / 2 < fraction < 2 * expected
+    assert fraction < 1e-3
+    assert np.array_equal(res.replaced, res.clipped)
 
 
 def test_bad_mask_and_nonfinite_pixels_are_replaced():
@@ -325,6 +385,21 @@ def test_block_size_and_threads_do_not_change_results():
         for name in FIELDS:
             np.testing.assert_array_equal(
                 np.concatenate([getattr(p, name) for p in pieces]), getattr(base, name)
+            )
+        # and so is cleaning it one column at a time (groups of one or two series)
+        cols = [
+            clean_cube(
+                data[:6, :, c : c + 1],
+                err[:6, :, c : c + 1],
+                bad[:6, :, c : c + 1],
+                block_size=1,
+                **kwargs,
+            )
+            for c in range(data.shape[2])
+        ]
+        for name in FIELDS:
+            np.testing.assert_array_equal(
+                np.concatenate([getattr(p, name) for p in cols], axis=2), getattr(base, name)[:6]
             )
 
 
