@@ -23,7 +23,7 @@ def run_chain(obs):
     return (
         obs.wavelength_map()
         .clean(dq_bits_to_mask=[0, 11], window_heights=[40], poly_order=4, outlier_threshold=5.0)
-        .subtract_background(method="row_wise")
+        .subtract_background(method="col_wise")
         .clean(dq_bits_to_mask=[0, 11], window_heights=[40], poly_order=4, outlier_threshold=5.0)
         .extract(method="optimal")
         .align()

@@ -90,6 +90,7 @@ class ExtractionInput:
     effinttm: float
     row_offset: int = 0
     col_offset: int = 0
+    background_err: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -59,30 +59,43 @@ def bin_spectra(spectra: Spectra, edges: np.ndarray) -> BinnedLightCurves:
 
 
 def fit_depth(
-    flux: np.ndarray, flux_err: np.ndarray, shape: np.ndarray, time: np.ndarray
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    shape: np.ndarray,
+    time: np.ndarray,
+    regressors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit ``flux = (c0 + c1 (t - tmid)) (1 - depth * shape)`` to each column of ``flux``.
+    """Fit ``flux = (c0 + c1 (t - tmid) + sum_j b_j x_j) (1 - depth * shape)`` per column.
 
     ``shape`` (nints,) is the transit's shape (0 out of transit, 1 at full
-    depth), e.g. from a white-light fit or, for simulations, the truth.  The
-    model is linear in (c0, c1, c0 depth, c1 depth) to first order, which is
-    exact for the small depths of transits.  Returns ``depth``, its 1-sigma
-    error (scaled up by the reduced chi-square when that exceeds 1) and the
-    rms of the normalised residuals (nbins,).
+    depth), e.g. from a white-light fit or, for simulations, the truth.
+    ``regressors`` (nints, m) are decorrelation vectors (x/y shifts, PSF
+    width, ...), centred before use.  The baseline times (1 - depth * shape)
+    is linearised as baseline - c0 depth shape - c1 depth t shape, exact for a
+    baseline linear in time and first order in depth times the regressors'
+    small terms.  Returns ``depth``, its 1-sigma error (scaled up by the
+    reduced chi-square when that exceeds 1) and the rms of the relative
+    residuals (nbins,).
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=float).T).T
     flux_err = np.atleast_2d(np.asarray(flux_err, dtype=float).T).T
     t = np.asarray(time, dtype=float)
     t = t - np.mean(t)
     s = np.asarray(shape, dtype=float)
-    design = np.column_stack([np.ones_like(t), t, -s, -s * t])
+    columns = [np.ones_like(t), t, -s, -s * t]
+    if regressors is not None:
+        x = np.asarray(regressors, dtype=float).reshape(len(t), -1)
+        columns += list((x - np.nanmean(x, axis=0)).T)
+    design = np.column_stack(columns)
+    nparam = design.shape[1]
     nb = flux.shape[1]
     depth = np.full(nb, np.nan)
     depth_err = np.full(nb, np.nan)
     rms = np.full(nb, np.nan)
     for k in range(nb):
         ok = np.isfinite(flux[:, k]) & np.isfinite(flux_err[:, k]) & (flux_err[:, k] > 0)
-        if ok.sum() < 6:
+        ok &= np.all(np.isfinite(design), axis=1)
+        if ok.sum() < nparam + 2:
             continue
         w = 1.0 / flux_err[ok, k]
         a = design[ok] * w[:, None]
@@ -90,11 +103,12 @@ def fit_depth(
         coef, *_ = np.linalg.lstsq(a, b, rcond=None)
         cov = np.linalg.inv(a.T @ a)
         resid = b - a @ coef
-        chi2 = float(resid @ resid) / max(ok.sum() - 4, 1)
+        chi2 = float(resid @ resid) / max(ok.sum() - nparam, 1)
         cov *= max(chi2, 1.0)
         d = coef[2] / coef[0]
         # depth = coef2 / coef0: propagate both uncertainties.
-        grad = np.array([-coef[2] / coef[0] ** 2, 0.0, 1.0 / coef[0], 0.0])
+        grad = np.zeros(nparam)
+        grad[0], grad[2] = -coef[2] / coef[0] ** 2, 1.0 / coef[0]
         depth[k] = d
         depth_err[k] = float(np.sqrt(grad @ cov @ grad))
         model = design[ok] @ coef

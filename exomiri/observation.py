@@ -679,10 +679,13 @@ class LRSObservation:
         profile_ok = self.profile is not None and self._last_index("clean") > self._last_index(
             "subtract_background"
         )
-        background = (
-            self.background.evaluate() if self.background is not None else np.zeros(1, np.float32)
-        )
-        background = np.broadcast_to(background.astype(np.float32, copy=False), self.shape)
+        if self.background is not None:
+            background = self.background.evaluate().astype(np.float32)
+            background_err = np.sqrt(self.background.variance()).astype(np.float32)
+            background_err = np.broadcast_to(background_err, self.shape)
+        else:
+            background, background_err = np.zeros(1, np.float32), None
+        background = np.broadcast_to(background, self.shape)
         frames = ExtractionInput(
             data=self.data,
             err=self.err,
@@ -690,6 +693,7 @@ class LRSObservation:
             trace=self._calibrated_trace(),
             profile=self.profile if profile_ok else None,
             background=background,
+            background_err=background_err,
             var_rnoise=self.var_rnoise,
             effinttm=float(self.meta.effinttm),
             row_offset=self.meta.row_offset,

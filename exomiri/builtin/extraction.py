@@ -193,7 +193,13 @@ class Box:
         if profile is None and _any_masked(frames, weights, first, last):
             profile = _following_jitter(frames, _static_frame(frames, columns), columns)
         flux, flux_err, n_masked = kernels.box(
-            frames.data, frames.err, weights, frames.mask, profile, profile_columns=columns
+            frames.data,
+            frames.err,
+            weights,
+            frames.mask,
+            profile,
+            profile_columns=columns,
+            background_err=frames.background_err,
         )
         return ExtractionResult(flux, flux_err, position, sigma, n_masked)
 
@@ -216,7 +222,7 @@ class Optimal:
         gain: float = 3.1,
         rejection_threshold: float = 5.0,
         max_iterations: int = 10,
-        median_spatial_profile: bool = False,
+        median_spatial_profile: bool = True,
     ) -> ExtractionResult:
         """Profile-weighted flux over the integer pixels ``[rint(c - L), rint(c + R + 1))``.
 
@@ -235,6 +241,13 @@ class Optimal:
         (``err**2``).  Up to ``max_iterations`` pixels per row that deviate by
         more than ``rejection_threshold`` sigma are rejected, one at a time;
         ``n_rejected`` counts them together with masked aperture pixels.
+
+        ``median_spatial_profile`` defaults to True, unlike the reference tool
+        (False): ``clean``'s per-integration profile is a fit over windows of
+        rows, so its own noise is shared by neighbouring rows and does not
+        average down in wavelength bins (on simulations it cost 20-90% extra
+        scatter at 9-12 micron).  Pass False to reproduce a published
+        reduction that used it.
         """
         left = _width("aperture_left_width", aperture_left_width, 8)
         right = _width("aperture_right_width", aperture_right_width, 8)
@@ -294,6 +307,7 @@ class Optimal:
             effinttm=frames.effinttm,
             rejection_threshold=rejection_threshold,
             max_iterations=int(max_iterations),
+            background_err=frames.background_err,
         )
         return ExtractionResult(flux, flux_err, position, sigma, n_rejected)
 

@@ -686,6 +686,27 @@ def follow_jitter(
 # box extraction
 
 
+def correlated_background_variance(
+    weights: np.ndarray, background_err: np.ndarray, independent: bool
+) -> np.ndarray:
+    """Variance a subtracted background adds to ``flux = sum_c w_c D_c``, per (integration, row).
+
+    A background estimate is one number (or a smooth curve) per row, so its
+    error is shared by every pixel of the row: it adds ``(sum_c w_c s_c)^2``
+    to the flux variance, not ``sum_c w_c^2 s_c^2``.  ``weights`` and
+    ``background_err`` (``s``) are (nints or 1, nrows, k) over the same
+    columns.  With ``independent=True`` the per-pixel part ``sum w^2 s^2`` is
+    already in the caller's variance (it came in through ``err``) and only
+    the cross terms are returned.
+    """
+    s = np.where(np.isfinite(background_err), background_err, 0.0)
+    ws = weights * s
+    total = np.sum(ws, axis=-1, dtype=np.float64) ** 2
+    if independent:
+        total -= np.einsum("...k,...k->...", ws, ws, dtype=np.float64)
+    return np.maximum(total, 0.0)
+
+
 def box(
     data: np.ndarray,
     err: np.ndarray,
@@ -694,6 +715,7 @@ def box(
     profile: np.ndarray | None = None,
     *,
     profile_columns: tuple[int, int] = (26, 47),
+    background_err: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted aperture sum: ``flux = sum(w D)``, ``err = sqrt(sum(w^2 err^2))``.
 
@@ -706,6 +728,9 @@ def box(
     by the same factor ``Pt / Pg`` (exact propagation for a known profile).
     Without ``profile`` one is built with :func:`build_profile` over
     ``profile_columns``, only if some pixel is masked.
+
+    ``background_err``: the uncertainty of a subtracted background (see
+    :func:`correlated_background_variance`); its correlated part is added.
 
     Returns ``(flux, flux_err, n_masked)``, (nints, nrows) float64, float64,
     int.  NaN where a row has no weight, or no good pixel with profile > 0.
@@ -746,6 +771,10 @@ def box(
     var = np.einsum("irc,irc->ir", np.broadcast_to(wv * wv, shape3), e)
     n_masked = bad.sum(axis=2)
     flux[np.broadcast_to(wv.sum(axis=2) <= 0, shape2)] = np.nan
+    if background_err is not None:
+        var += correlated_background_variance(
+            np.where(bad, 0.0, w), cut(background_err), independent=True
+        )
 
     if anybad:
         ii, rr = np.nonzero(n_masked)
@@ -782,6 +811,7 @@ def optimal(
     effinttm: float | None = None,
     rejection_threshold: float = 5.0,
     max_iterations: int = 10,
+    background_err: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Optimal extraction (Horne 1986) with iterated outlier rejection.
 
@@ -817,6 +847,10 @@ def optimal(
     pixel are revisited.  Start: ``f = sum(M D) / sum(M P)``, then the model
     variance is revised twice before rejection starts; each ``f`` and its
     variance use ``V`` evaluated at the previous estimate of ``f``.
+
+    ``background_err``: the uncertainty of a subtracted background; the
+    variance it adds through the final weights ``M P / V / sum(M P^2 / V)`` is
+    included in ``flux_err`` (see :func:`correlated_background_variance`).
 
     Returns ``(flux, flux_err, n_rejected)`` (nints, nrows): ``n_rejected``
     counts the aperture pixels left out (masked or rejected).  Flux and error
@@ -969,7 +1003,14 @@ def optimal(
             break
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        flux_err = np.where(den > 0, 1.0 / np.sqrt(den), np.nan)
+        var_f = np.where(den > 0, 1.0 / den, np.nan)
+        if background_err is not None:
+            weights = pk / var_of(everything, f, out=buf)
+            weights *= np.where(den > 0, var_f, 0.0).astype(ftype)[:, None]
+            var_f = var_f + correlated_background_variance(
+                weights, cut(background_err), independent=variance == "err"
+            )
+        flux_err = np.sqrt(var_f)
         f = np.where(den > 0, f, np.nan)
     return (
         f.reshape(shape2),
