@@ -114,3 +114,237 @@ def fit_depth(
         model = design[ok] @ coef
         rms[k] = float(np.std((flux[ok, k] - model) / model))
     return depth, depth_err, rms
+
+
+# --------------------------------------------------------------------------- datasets
+
+_UNITS = {
+    "flux": "DN/s",
+    "flux_error": "DN/s",
+    "white_flux": "DN/s",
+    "white_flux_error": "DN/s",
+    "background": "DN / (s pix)",
+    "x_shift": "pixel",
+    "y_shift": "pixel",
+    "trace_position": "pixel",
+    "psf_sigma": "pixel",
+    "n_outliers": "",
+    "wavelength": "micron",
+    "wavelength_lower": "micron",
+    "wavelength_upper": "micron",
+    "time": "BJD_TDB (days)",
+}
+
+
+def bin_edges(
+    spectra: Spectra,
+    bins: np.ndarray | None = None,
+    *,
+    resolution: float | None = None,
+    pixels: int | None = None,
+    wavelength_range: tuple[float, float] = (5.0, 12.0),
+) -> np.ndarray:
+    """Wavelength bin edges (micron), given as edges, as a resolution or as a width in rows.
+
+    Give at most one of ``bins`` (edges), ``resolution`` (R = lambda / delta
+    lambda, constant over ``wavelength_range``) or ``pixels`` (rows per bin,
+    counted from the long-wavelength end of the range).  With none, 0.5
+    micron bins over ``wavelength_range``.
+    """
+    given = [x is not None for x in (bins, resolution, pixels)]
+    if sum(given) > 1:
+        raise InputError("Give only one of bins (edges), resolution or pixels.")
+    lo, hi = (float(v) for v in wavelength_range)
+    if not 0 < lo < hi:
+        raise InputError(f"wavelength_range={wavelength_range!r} must be (low, high) in micron.")
+    if bins is not None:
+        return np.asarray(bins, dtype=float)
+    if resolution is not None:
+        if not resolution > 0:
+            raise InputError(f"resolution={resolution!r} must be positive (R = lambda / dlambda).")
+        n = max(1, int(np.floor(np.log(hi / lo) * resolution)))
+        return lo * np.exp(np.arange(n + 1) * np.log(hi / lo) / n)
+    if pixels is not None:
+        if int(pixels) < 1:
+            raise InputError(f"pixels={pixels!r} must be a positive number of rows per bin.")
+        wave = spectra.wavelength
+        rows = np.flatnonzero(np.isfinite(wave) & (wave >= lo) & (wave < hi))
+        if rows.size == 0:
+            raise InputError(f"No row has a wavelength in {wavelength_range} micron.")
+        # rows run from long to short wavelength; edges at row boundaries
+        ordered = np.sort(wave[rows])
+        cut = ordered[:: int(pixels)]
+        mids = 0.5 * (cut[1:] + ordered[np.arange(int(pixels), len(ordered), int(pixels)) - 1])
+        return np.unique(np.concatenate([[ordered[0] - 1e-9], mids, [ordered[-1] + 1e-9]]))
+    return np.arange(lo, hi + 1e-9, 0.5)
+
+
+def _per_integration(obs) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Decorrelation vectors per integration, NaN where a step has not run."""
+    n = obs.nints
+    nan = np.full(n, np.nan)
+    spectra, shifts = obs.spectra, obs.shifts
+    return {
+        "x_shift": (("time",), shifts.x if shifts is not None else nan),
+        "y_shift": (("time",), shifts.y if shifts is not None else nan),
+        "trace_position": (("time",), spectra.trace_position),
+        "psf_sigma": (("time",), spectra.trace_sigma),
+    }
+
+
+def _row_background(obs) -> np.ndarray | None:
+    if obs.background is None:
+        return None
+    column = float(np.nanmedian(obs.spectra.trace_position))
+    level = obs.background.level(column)
+    return np.broadcast_to(level, (obs.nints, obs.shape[1]))
+
+
+def _attrs(obs) -> dict[str, str]:
+    import json
+
+    return {
+        "target": obs.meta.target,
+        "exposure": obs.meta.exposure,
+        "subarray": obs.meta.subarray,
+        "effinttm_s": float(obs.meta.effinttm),
+        "history": json.dumps([json.loads(r.to_json()) for r in obs.history]),
+        "created_by": "exomiri",
+    }
+
+
+def _with_units(ds):
+    for name, unit in _UNITS.items():
+        if name in ds.variables:
+            ds[name].attrs["units"] = unit
+    return ds
+
+
+def to_xarray(obs):
+    """The spectra at full resolution as an ``xarray.Dataset`` (time x wavelength).
+
+    Variables: ``flux``, ``flux_error``, ``background`` (at the trace, per
+    pixel), ``n_outliers`` (pixels replaced by ``clean`` within 4 columns of
+    the trace) on (time, wavelength); ``x_shift``, ``y_shift``,
+    ``trace_position``, ``psf_sigma`` on time; coordinates ``time``
+    (BJD_TDB mid-times), ``integration_number``, ``wavelength`` (micron, one
+    per detector row, in row order), ``row`` and ``quality``.
+    """
+    import xarray as xr
+
+    if obs.spectra is None:
+        from .exceptions import StepOrderError
+
+        raise StepOrderError("to_xarray() needs spectra; call obs.extract() first.")
+    s = obs.spectra
+    data_vars = {
+        "flux": (("time", "wavelength"), s.flux),
+        "flux_error": (("time", "wavelength"), s.flux_err),
+        **_per_integration(obs),
+    }
+    background = _row_background(obs)
+    if background is not None:
+        data_vars["background"] = (("time", "wavelength"), np.array(background))
+    if obs.outlier_counts is not None:
+        data_vars["n_outliers"] = (("time", "wavelength"), obs.outlier_counts[..., -1])
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "time": obs.times,
+            "integration_number": ("time", obs.integration_numbers),
+            "wavelength": s.wavelength,
+            "row": ("wavelength", s.rows),
+            "quality": ("wavelength", s.quality),
+        },
+        attrs=_attrs(obs),
+    )
+    return _with_units(ds)
+
+
+def light_curves(
+    obs,
+    bins: np.ndarray | None = None,
+    *,
+    resolution: float | None = None,
+    pixels: int | None = None,
+    wavelength_range: tuple[float, float] = (5.0, 12.0),
+):
+    """Binned spectral light curves and the white-light curve as an ``xarray.Dataset``.
+
+    Bins: see :func:`bin_edges`.  Variables as in :func:`to_xarray`, summed
+    (flux, n_outliers) or averaged (background) over the rows of each bin,
+    plus ``white_flux``/``white_flux_error`` over ``wavelength_range`` and
+    the bin edges ``wavelength_lower``/``wavelength_upper``.
+    """
+    import xarray as xr
+
+    full = to_xarray(obs)
+    edges = bin_edges(
+        obs.spectra, bins, resolution=resolution, pixels=pixels, wavelength_range=wavelength_range
+    )
+    binned = bin_spectra(obs.spectra, edges)
+    white = bin_spectra(obs.spectra, np.array([edges[0], edges[-1]]))
+    data_vars = {
+        "flux": (("time", "wavelength"), binned.flux),
+        "flux_error": (("time", "wavelength"), binned.flux_err),
+        "white_flux": (("time",), white.flux[:, 0]),
+        "white_flux_error": (("time",), white.flux_err[:, 0]),
+        **{k: (v.dims, v.values) for k, v in full.data_vars.items() if v.dims == ("time",)},
+    }
+    wave = obs.spectra.wavelength
+    index = np.digitize(wave, edges) - 1
+    members = [np.flatnonzero(index == k) for k in range(len(edges) - 1)]
+    for name, reduce in (("background", np.mean), ("n_outliers", np.sum)):
+        if name in full:
+            values = full[name].values
+            data_vars[name] = (
+                ("time", "wavelength"),
+                np.column_stack(
+                    [reduce(values[:, m], axis=1) if m.size else np.full(obs.nints, np.nan) for m in members]
+                ),
+            )
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "time": obs.times,
+            "integration_number": ("time", obs.integration_numbers),
+            "wavelength": binned.wavelength,
+            "wavelength_lower": ("wavelength", edges[:-1]),
+            "wavelength_upper": ("wavelength", edges[1:]),
+            "n_rows": ("wavelength", binned.n_rows),
+        },
+        attrs=_attrs(obs),
+    )
+    return _with_units(ds)
+
+
+def export(obs, path, **binning) -> str:
+    """Write light curves to ``path``: ``.nc`` (netCDF-4, via xarray) or ``.ecsv`` (astropy).
+
+    With no binning arguments the spectra are written at full resolution
+    (:func:`to_xarray`); with ``bins``/``resolution``/``pixels`` binned
+    (:func:`light_curves`).  Units are written with the values.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    ds = light_curves(obs, **binning) if binning else to_xarray(obs)
+    suffix = path.suffix.lower()
+    if suffix == ".nc":
+        ds.to_netcdf(path, engine="h5netcdf")
+    elif suffix == ".ecsv":
+        from astropy import units as u
+        from astropy.table import Table
+
+        table = Table(meta=dict(ds.attrs))
+        table["time"] = ds["time"].values * u.day
+        table.meta["time_scale"] = "BJD_TDB mid-times of the integrations"
+        table["integration_number"] = ds["integration_number"].values
+        for name, var in ds.data_vars.items():
+            unit = var.attrs.get("units") or None
+            table[name] = var.values * (u.Unit(unit) if unit else 1)
+        table.meta["wavelength_micron"] = ds["wavelength"].values.tolist()
+        table.write(path, format="ascii.ecsv", overwrite=True)
+    else:
+        raise InputError(f"Cannot export to {path.name!r}: use a .nc or .ecsv file name.")
+    return str(path)

@@ -825,6 +825,26 @@ class LRSObservation:
         )
         return self.replace(record, shifts=shifts, spectra=new_spectra)
 
+    # ---------------------------------------------------------- light curves
+    def to_xarray(self):
+        """The spectra and decorrelation vectors as an ``xarray.Dataset`` (time x wavelength)."""
+        from .lightcurves import to_xarray
+
+        return to_xarray(self)
+
+    def light_curves(self, bins=None, *, resolution=None, pixels=None, wavelength_range=(5.0, 12.0)):
+        """Binned spectral light curves and the white-light curve (``xarray.Dataset``).
+
+        ``bins``: edges in micron; or ``resolution`` (R); or ``pixels`` (rows
+        per bin); default 0.5 micron bins from 5 to 12 micron.
+        """
+        from .lightcurves import light_curves
+
+        self._require("spectra", "obs.extract()", "light_curves")
+        return light_curves(
+            self, bins, resolution=resolution, pixels=pixels, wavelength_range=wavelength_range
+        )
+
     # ------------------------------------------------------------- in and out
     def save(self, path: str) -> str:
         """Save everything to an HDF5 session file, atomically; returns the path."""
