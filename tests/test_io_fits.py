@@ -168,3 +168,11 @@ def test_big_endian_inputs_come_back_native(tmp_path):
         warnings.simplefilter("error", DataWarning)
         obs = exomiri.open(path)
     assert obs.data.dtype.isnative and obs.dq.dtype == np.uint32
+
+
+def test_a_wcs_in_the_file_is_read_and_used(tmp_path, linear_wcs):
+    obs = exomiri.simulate(nints=3, seed=0).replace(wcs=linear_wcs)
+    back = exomiri.open(obs.write(str(tmp_path / "wcs"), segments=1))
+    mapped = back.wavelength_map()
+    assert mapped.history[-1].parameters["source"] == "wcs"
+    assert mapped.wavelength[300, 5] == pytest.approx(8.0)

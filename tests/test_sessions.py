@@ -69,21 +69,8 @@ def test_format_attributes_and_layout(small_obs, tmp_path):
             assert "encoding-type" in f["observation"][name].attrs, name
 
 
-def test_wcs_survives(small_obs, tmp_path):
-    from astropy import units as u
-    from astropy.modeling import models
-    from gwcs import coordinate_frames as cf
-    from gwcs import wcs as gwcs
-
-    lam = models.Polynomial1D(1, c0=14.0, c1=-0.02)
-    forward = models.Mapping((0, 1, 1)) | (models.Identity(1) & models.Identity(1) & lam)
-    frame = cf.CompositeFrame(
-        [cf.Frame2D(name="pix", axes_order=(0, 1)),
-         cf.SpectralFrame(name="spec", axes_order=(2,), unit=u.micron)],
-        name="world",
-    )
-    wcs = gwcs.WCS(forward_transform=forward, input_frame=cf.Frame2D(name="detector"), output_frame=frame)
-    back = exomiri.load(small_obs.replace(wcs=wcs).save(tmp_path / "w.h5"))
+def test_wcs_survives(small_obs, tmp_path, linear_wcs):
+    back = exomiri.load(small_obs.replace(wcs=linear_wcs).save(tmp_path / "w.h5"))
     assert back.wcs(1.0, 300.0)[-1] == pytest.approx(8.0)
 
 

@@ -2,25 +2,10 @@
 
 import numpy as np
 import pytest
-from astropy import units as u
-from astropy.modeling import models
-from gwcs import coordinate_frames as cf
-from gwcs import wcs as gwcs
 
 import exomiri
 from exomiri import InputError, calibration
 from exomiri.products import WavelengthQuality
-
-
-def _linear_wcs(c0=14.0, c1=-0.02):
-    lam = models.Polynomial1D(1, c0=c0, c1=c1)
-    forward = models.Mapping((0, 1, 1)) | (models.Identity(1) & models.Identity(1) & lam)
-    frame = cf.CompositeFrame(
-        [cf.Frame2D(name="pix", axes_order=(0, 1)),
-         cf.SpectralFrame(name="spec", axes_order=(2,), unit=u.micron)],
-        name="world",
-    )
-    return gwcs.WCS(forward_transform=forward, input_frame=cf.Frame2D(name="detector"), output_frame=frame)
 
 
 def test_calibration_equals_the_table_at_its_rows(small_obs):
@@ -35,12 +20,12 @@ def test_calibration_equals_the_table_at_its_rows(small_obs):
     np.testing.assert_allclose(obs.trace[rows], cal.trace)
 
 
-def test_auto_prefers_wcs_then_array_then_calibration(small_obs):
+def test_auto_prefers_wcs_then_array_then_calibration(small_obs, linear_wcs):
     wave = np.full(small_obs.shape[1:], 7.0)
     with_array = small_obs.replace(wavelength_extension=wave)
     assert with_array.wavelength_map().history[-1].parameters["source"] == "array"
     assert np.all(with_array.wavelength_map().wavelength == 7.0)
-    with_wcs = with_array.replace(wcs=_linear_wcs())
+    with_wcs = with_array.replace(wcs=linear_wcs)
     mapped = with_wcs.wavelength_map()
     assert mapped.history[-1].parameters["source"] == "wcs"
     assert mapped.wavelength[300, 10] == pytest.approx(14.0 - 0.02 * 300)
