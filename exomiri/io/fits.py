@@ -227,7 +227,9 @@ def _meta_from(keys: dict[str, Any], segments: tuple[Segment, ...]) -> Observati
         nframes=get("NFRAMES", 1, int),
         tframe=get("TFRAME", 0.0, float),
         tgroup=get("TGROUP", 0.0, float),
-        effinttm=get("EFFINTTM", 0.0, float),
+        # Older files lack EFFINTTM: the slope spans NGROUPS - 1 group times.
+        effinttm=get("EFFINTTM", 0.0, float)
+        or max(get("NGROUPS", 0, int) - 1, 0) * get("TGROUP", 0.0, float),
         target=get("TARGPROP", "", str) or get("TARGNAME", "", str),
         exposure=exposure,
         segments=segments,
