@@ -1,33 +1,528 @@
-"""The ``exomiri`` command line."""
+"""The ``exomiri`` command line.
+
+``exomiri demo``      simulate an observation, reduce it, compare with the truth, write figures
+``exomiri reduce``    the chain on ``*_rateints.fits`` segments, parameters from a TOML file
+``exomiri resume``    re-run a saved session from a step, with its recorded parameters
+``exomiri info``      what a session holds: shape, segments, steps, products
+``exomiri export``    light curves to netCDF or ECSV
+``exomiri plugins``   installed plugins and the methods they provide
+``exomiri config``    the default configuration, or a checked configuration file, as TOML
+
+The chain is data (:data:`DEFAULT_CHAIN`), turned into a list of
+:class:`PlannedStep` by :func:`load_config` (``reduce``) or
+:func:`resume_plan` (``resume``) and run by :func:`run_plan`.  Errors raised
+by exomiri are printed as one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import json
 import sys
 import time
+import tomllib
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
-__all__ = ["main"]
+from .exceptions import ExomiriError, InputError, UnknownMethodError
+
+__all__ = [
+    "DEFAULT_CHAIN",
+    "STEPS",
+    "Config",
+    "PlannedStep",
+    "default_config_text",
+    "load_config",
+    "main",
+    "resume_plan",
+    "run_chain",
+    "run_plan",
+]
+
+#: The steps a configuration file may name, in chain order.
+STEPS = ("wavelength_map", "clean", "subtract_background", "extract", "align")
+#: Steps that change the cube: a session holds only the latest cube, so they cannot be re-run.
+CUBE_STEPS = frozenset({"clean", "subtract_background"})
+#: Steps whose ``method`` is a registered plugin method, and the method kind.
+METHOD_KINDS = {"subtract_background": "background", "extract": "extraction"}
+#: Names of the figures ``exomiri demo`` writes (the observation's ``plot`` accessor).
+DEMO_FIGURES = (
+    "frame",
+    "cleaning_map",
+    "background",
+    "spectra",
+    "white_light",
+    "shifts",
+    "light_curves",
+    "cleaning",
+)
+
+_CLEAN = {
+    "dq_bits_to_mask": [0, 11],
+    "window_heights": [40],
+    "poly_order": 4,
+    "outlier_threshold": 5.0,
+}
+
+#: The documented chain: wavelength map, clean, background, clean again, optimal extraction, align.
+DEFAULT_CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("wavelength_map", {}),
+    ("clean", _CLEAN),
+    ("subtract_background", {"method": "col_wise"}),
+    ("clean", _CLEAN),
+    ("extract", {"method": "optimal"}),
+    ("align", {}),
+)
+_DEFAULT_PARAMS = dict(DEFAULT_CHAIN)
+#: Parameters a step records for information only; they are not arguments of the verb.
+_RECORD_ONLY = {"wavelength_map": {"calibration", "reference"}}
+#: What a parameter left at None means, for the TOML listing.
+_NONE_MEANS = {"smoothing_length": "no smoothing"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="exomiri")
-def main() -> None:
-    """Spectral time series from JWST MIRI LRS slitless observations."""
+# ------------------------------------------------------------------ the chain
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step to run: the verb, its keyword arguments, and where they came from."""
+
+    step: str
+    params: dict[str, Any]
+    origin: str = "default chain"
+
+    @property
+    def method(self) -> str | None:
+        return self.params.get("method")
+
+
+def _verb_parameters(step: str) -> dict[str, Any]:
+    """The keyword parameters of ``LRSObservation.<step>`` and their defaults."""
+    from .observation import LRSObservation
+
+    signature = inspect.signature(getattr(LRSObservation, step))
+    return {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+def _method_parameters(step: str, method: str) -> dict[str, Any]:
+    from .plugins import get_method
+
+    return dict(get_method(METHOD_KINDS[step], method).parameters)
+
+
+def _accepted(step: str, method: str | None) -> dict[str, Any]:
+    """Every parameter ``step`` accepts with ``method``, and its default."""
+    params = _verb_parameters(step)
+    params.update(_DEFAULT_PARAMS.get(step, {}))
+    if step in METHOD_KINDS and method is not None:
+        params.update(_method_parameters(step, method))
+    return params
+
+
+def run_plan(
+    obs,
+    plan: Sequence[PlannedStep],
+    progress: Callable[[int, int, PlannedStep, Any, float | None], None] | None = None,
+):
+    """Run ``plan`` on ``obs`` and return the new observation.
+
+    ``progress(i, n, planned, obs, seconds)`` is called before each step
+    (``seconds`` None) and after it (with the step's duration).
+    """
+    n = len(plan)
+    for i, planned in enumerate(plan, 1):
+        if progress is not None:
+            progress(i, n, planned, obs, None)
+        t0 = time.perf_counter()
+        try:
+            obs = _apply(obs, planned)
+        except Exception as exc:
+            exc.add_note(f"in step {i}/{n} {planned.step} (parameters from {planned.origin})")
+            raise
+        if progress is not None:
+            progress(i, n, planned, obs, time.perf_counter() - t0)
+    return obs
+
+
+def _apply(obs, planned: PlannedStep):
+    if planned.step == "select":
+        numbers = obs.integration_numbers
+        keep = np.zeros(obs.nints, dtype=bool)
+        for first, last in planned.params["integration_numbers"]:
+            keep |= (numbers >= first) & (numbers <= last)
+        return obs.select(keep)
+    return getattr(obs, planned.step)(**planned.params)
 
 
 def run_chain(obs):
-    """The documented chain: clean, background, clean, extract, align."""
-    return (
-        obs.wavelength_map()
-        .clean(dq_bits_to_mask=[0, 11], window_heights=[40], poly_order=4, outlier_threshold=5.0)
-        .subtract_background(method="col_wise")
-        .clean(dq_bits_to_mask=[0, 11], window_heights=[40], poly_order=4, outlier_threshold=5.0)
-        .extract(method="optimal")
-        .align()
-    )
+    """The documented chain (:data:`DEFAULT_CHAIN`): clean, background, clean, extract, align."""
+    return run_plan(obs, Config().plan())
+
+
+# ------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class Config:
+    """A chain of steps and per-step parameters (one TOML table per step)."""
+
+    chain: tuple[str, ...] = tuple(step for step, _ in DEFAULT_CHAIN)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.path}" if self.path else "default chain"
+
+    def params_for(self, step: str, base: dict[str, Any]) -> dict[str, Any]:
+        """``base`` parameters overridden by this configuration's table for ``step``."""
+        table = self.tables.get(step, {})
+        params = dict(base)
+        if step in METHOD_KINDS and "method" in table and table["method"] != base.get("method"):
+            # another method: the old method's own parameters no longer apply
+            verb = _verb_parameters(step)
+            params = {k: v for k, v in params.items() if k in verb}
+        params.update(table)
+        return params
+
+    def plan(self, steps: Sequence[str] | None = None) -> list[PlannedStep]:
+        """The planned steps (the whole chain, or ``steps``) with default and configured parameters."""
+        out = []
+        for step in self.chain if steps is None else steps:
+            origin = self.origin if step in self.tables else "default chain"
+            out.append(
+                PlannedStep(step, self.params_for(step, _DEFAULT_PARAMS.get(step, {})), origin)
+            )
+        return out
+
+
+def _type_problem(default: Any, value: Any) -> str | None:
+    """Why ``value`` cannot stand where ``default`` does, or None."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, list | tuple):
+        return None if isinstance(value, list) else "a list"
+    return None
+
+
+def _check_table(path: str, step: str, table: dict[str, Any]) -> None:
+    method = table.get("method", _DEFAULT_PARAMS.get(step, {}).get("method"))
+    if step in METHOD_KINDS:
+        if not isinstance(method, str):
+            raise InputError(
+                f"{path}: [{step}] method = {method!r} must be a method name; "
+                f"see `exomiri plugins`, e.g. method = {_DEFAULT_PARAMS[step]['method']!r}."
+            )
+        try:
+            accepted = _accepted(step, method)
+        except ExomiriError as exc:
+            raise type(exc)(f"{path}: [{step}] method = {method!r}: {exc}") from None
+    else:
+        accepted = _accepted(step, None)
+    for key, value in table.items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, list(accepted), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            with_method = f" with method {method!r}" if step in METHOD_KINDS else ""
+            raise InputError(
+                f"{path}: [{step}] has no parameter {key!r}.{hint} Parameters of {step}"
+                f"{with_method}: {', '.join(accepted)}."
+            )
+        problem = _type_problem(accepted[key], value)
+        if problem:
+            raise InputError(
+                f"{path}: [{step}] {key} = {value!r} should be {problem} "
+                f"(default {_toml_value(accepted[key])})."
+            )
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and check a TOML configuration; None gives the default chain.
+
+    Top-level key ``chain`` (optional): the steps in order.  One table per
+    step (``[wavelength_map]``, ``[clean]``, ``[subtract_background]``,
+    ``[extract]``, ``[align]``) holds that step's parameters, applied to every
+    occurrence of the step.  Unknown tables, unknown parameters and values of
+    the wrong type are refused with an :class:`~exomiri.InputError` naming
+    the file, the table and the key.
+    """
+    if path is None:
+        return Config()
+    path = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such configuration file. Check the path.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid TOML ({exc}). Fix the line it names.") from None
+    chain = data.pop("chain", [step for step, _ in DEFAULT_CHAIN])
+    if (
+        not isinstance(chain, list)
+        or not chain
+        or not all(isinstance(s, str) and s in STEPS for s in chain)
+    ):
+        raise InputError(
+            f"{path}: chain = {chain!r} must be a non-empty list of step names from "
+            f"{', '.join(STEPS)}, e.g. chain = {_toml_value([s for s, _ in DEFAULT_CHAIN])}."
+        )
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in data.items():
+        if name not in STEPS:
+            close = difflib.get_close_matches(name, STEPS, n=1)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            raise InputError(
+                f"{path}: unknown table or key {name!r}.{hint} A configuration holds 'chain' "
+                f"and the tables {', '.join(f'[{s}]' for s in STEPS)}."
+            )
+        if not isinstance(table, dict):
+            raise InputError(
+                f"{path}: {name} = {table!r} must be a table of parameters: write [{name}] on its "
+                "own line and the parameters below it."
+            )
+        _check_table(path, name, table)
+        tables[name] = table
+    return Config(chain=tuple(chain), tables=tables, path=path)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def default_config_text(config: Config | None = None) -> str:
+    """``config`` (default: the default chain) as a TOML file with every parameter spelt out.
+
+    Parameters whose default depends on the data (None) appear as comments.
+    """
+    config = config or Config()
+    lines = [
+        "# exomiri reduce configuration: the steps in order, then one table per step.",
+        "# Each table applies to every occurrence of its step; every key is optional.",
+        f"chain = {_toml_value(list(config.chain))}",
+    ]
+    for step in STEPS:
+        params = config.params_for(step, _DEFAULT_PARAMS.get(step, {}))
+        accepted = _accepted(step, params.get("method"))
+        lines += ["", f"[{step}]"]
+        for key, default in accepted.items():
+            value = params.get(key, default)
+            if value is None:
+                meaning = _NONE_MEANS.get(key, "set from the subarray geometry")
+                lines.append(f"# {key} = ...  (default: {meaning})")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------- resume
+def _is_digest(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "array" in value or any(_is_digest(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_is_digest(v) for v in value)
+    return False
+
+
+def _replay(record, number: int, config: Config, session: str, notes: list[str]) -> PlannedStep:
+    """The planned step that repeats history record ``number`` (1-based)."""
+    from .plugins import methods
+
+    origin = f"{session} step {number}"
+    if record.step in ("select", "drop"):
+        return PlannedStep(
+            "select", {"integration_numbers": record.parameters["integration_numbers"]}, origin
+        )
+    step = record.step
+    table = config.tables.get(step, {})
+    params = dict(record.parameters)
+    method = None
+    if step in METHOD_KINDS:
+        kind = METHOD_KINDS[step]
+        method = table.get("method", record.method)
+        if method == record.method:
+            installed = methods(kind).get(method)
+            if installed is None:
+                raise UnknownMethodError(
+                    f"{session}: step {number} ({step}) used the {kind} method {method!r} from "
+                    f"{record.provider}=={record.provider_version}, which is not installed. "
+                    f'Install it (pip install "{record.provider}=={record.provider_version}"), or '
+                    f"choose an installed method in a configuration file: [{step}] method = "
+                    f"{next(iter(methods(kind)), 'optimal')!r} (see `exomiri plugins`)."
+                )
+            if (installed.distribution, installed.version) != (
+                record.provider,
+                record.provider_version,
+            ):
+                notes.append(
+                    f"step {number} ({step}) used {method!r} from {record.provider}=="
+                    f"{record.provider_version}; now running it from {installed.distribution}=="
+                    f"{installed.version}"
+                )
+        else:
+            verb = _verb_parameters(step)
+            params = {k: v for k, v in params.items() if k in verb}
+        params["method"] = method
+    accepted = _accepted(step, method)
+    for key in sorted(set(params) - set(accepted)):
+        if key not in _RECORD_ONLY.get(step, ()):
+            notes.append(
+                f"step {number} ({step}): recorded parameter {key!r} is not accepted now; ignored"
+            )
+        del params[key]
+    params.update(table)
+    for key, value in params.items():
+        if _is_digest(value):
+            raise InputError(
+                f"{session}: step {number} ({step}) was given an array for {key!r}; the session "
+                f"keeps only its digest. Set {key} in a configuration file ([{step}] {key} = ...)."
+            )
+    return PlannedStep(step, params, origin + (f" and {config.path}" if table else ""))
+
+
+def resume_plan(obs, from_step: str | None, config: Config | None = None, session: str = "session"):
+    """The steps that re-run ``obs`` from ``from_step``; returns ``(plan, notes)``.
+
+    The history's records from the first re-runnable ``from_step`` on are
+    repeated with their recorded parameters (overridden by ``config``'s
+    tables), then the chain's steps that the history has not reached yet
+    (``config.chain`` when the history is a beginning of it).  With
+    ``from_step=None`` only those missing steps run.  A session holds only
+    its latest cube, so a step cannot be re-run when it, or a later step,
+    changed the cube (``clean``, ``subtract_background``).
+    """
+    config = config or Config()
+    history = obs.history
+    done = [r.step for r in history if r.step in STEPS]
+    chain = list(config.chain)
+    remainder = chain[len(done) :] if done == chain[: len(done)] else []
+    n = len(history)
+
+    def rerunnable(p: int) -> bool:
+        return all(r.step not in CUBE_STEPS for r in history[p:])
+
+    if from_step is None:
+        if not remainder:
+            raise InputError(
+                f"{session}: every step of the chain is done ({', '.join(done) or 'none'}); "
+                "name the step to re-run with --from, e.g. --from extract."
+            )
+        start = n
+    else:
+        starts = [p for p, r in enumerate(history) if r.step == from_step and rerunnable(p)]
+        starts += [n + k for k, s in enumerate(remainder) if s == from_step]
+        if not starts:
+            possible = [
+                s
+                for s in STEPS
+                if s in remainder
+                or any(r.step == s and rerunnable(p) for p, r in enumerate(history))
+            ]
+            if any(r.step == from_step for r in history):
+                changed = [
+                    f"{p + 1} ({r.step})" for p, r in enumerate(history) if r.step in CUBE_STEPS
+                ]
+                why = (
+                    f"the session holds only its latest cube, and step(s) {', '.join(changed)} "
+                    f"changed it since {from_step} ran"
+                )
+            else:
+                why = f"it has no {from_step} step and the chain has none left to run"
+            raise InputError(
+                f"{session}: cannot resume from {from_step}: {why}. It can resume from "
+                f"{', '.join(possible) or 'no step'}; to change an earlier step, run `exomiri "
+                "reduce` on the segments again."
+            )
+        start = starts[0]
+    notes: list[str] = []
+    plan = [_replay(history[p], p + 1, config, session, notes) for p in range(start, n)]
+    plan += config.plan(remainder[max(0, start - n) :])
+    return plan, notes
+
+
+# ------------------------------------------------------------- command line
+class _Failure(click.ClickException):
+    """An exomiri error shown as one line, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, exc: BaseException) -> None:
+        text = " ".join([str(exc), *(f"({note})" for note in getattr(exc, "__notes__", ()))])
+        super().__init__(" ".join(text.split()))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except ExomiriError as exc:
+                raise _Failure(exc) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="exomiri")
+def main() -> None:
+    """Spectral time series from JWST MIRI LRS slitless observations.
+
+    Errors in the input print one line and exit with status 2.
+    """
+
+
+def _progress(i: int, n: int, planned: PlannedStep, obs: Any, seconds: float | None) -> None:
+    """One stderr line per step: its number, name and method, then duration and diagnostics."""
+    if seconds is None:
+        click.echo(f"[{i}/{n}] {planned.step:<20s} {planned.method or '':<10s}", err=True, nl=False)
+        return
+    record = obs.history[-1]
+    shown = []
+    for key, value in list(record.diagnostics.items())[:3]:
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        if isinstance(value, int | str):
+            shown.append(f"{key}={value}")
+    click.echo(f" {seconds:7.2f} s  {' '.join(shown)}", err=True)
+
+
+def _write_figures(obs, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name in DEMO_FIGURES:
+        figure = getattr(obs.plot, name)()
+        path = folder / f"{name}.png"
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path)
+    return written
 
 
 @main.command()
@@ -55,6 +550,8 @@ def demo(nints: int, seed: int, out: str) -> None:
         click.echo(f"  {record.step:<20s} {record.method or '':<10s} {record.duration_s:6.2f} s")
     session = reduced.save(folder / "demo_session.h5")
     click.echo(f"session     {session}")
+    figures = _write_figures(reduced, folder)
+    click.echo(f"figures     {', '.join(p.name for p in figures)}")
 
     truth = reduced.truth
     edges = np.arange(5.0, 12.0 + 1e-9, 0.5)
@@ -64,10 +561,16 @@ def demo(nints: int, seed: int, out: str) -> None:
         binned.flux, binned.flux_err, truth.transit_shape, reduced.times, regressors=shifts
     )
     click.echo("")
-    click.echo("Transmission spectrum (injected transit shape, baseline linear in time and x/y shifts)")
-    click.echo(f"{'wavelength/um':>14s} {'recovered/ppm':>14s} {'+/-':>7s} {'injected/ppm':>13s} {'sigma':>6s}")
+    click.echo(
+        "Transmission spectrum (injected transit shape, baseline linear in time and x/y shifts)"
+    )
+    click.echo(
+        f"{'wavelength/um':>14s} {'recovered/ppm':>14s} {'+/-':>7s} {'injected/ppm':>13s} {'sigma':>6s}"
+    )
     for k in range(len(depth)):
-        rows = (reduced.spectra.wavelength >= edges[k]) & (reduced.spectra.wavelength < edges[k + 1])
+        rows = (reduced.spectra.wavelength >= edges[k]) & (
+            reduced.spectra.wavelength < edges[k + 1]
+        )
         weights = truth.spectrum[rows]
         injected = float(np.sum(truth.depth[rows] * weights) / np.sum(weights))
         pull = (depth[k] - injected) / depth_err[k]
@@ -76,6 +579,248 @@ def demo(nints: int, seed: int, out: str) -> None:
             f"{injected * 1e6:13.0f} {pull:6.2f}"
         )
     click.echo(f"\ntotal {time.perf_counter() - t0:.1f} s; outputs in {folder}/")
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML file: 'chain' and one table of parameters per step (see `exomiri config`).",
+)
+
+
+@main.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Session file to write (.h5).",
+)
+@_config_option
+def reduce(segments: tuple[str, ...], output: str, config_path: str | None) -> None:
+    """Run the chain on *_rateints.fits SEGMENTS (files or glob patterns) and save the session.
+
+    Without --config the default chain runs: wavelength_map, clean, subtract_background
+    (col_wise), clean, extract (optimal), align; `exomiri config` prints it as TOML.
+    """
+    import exomiri
+
+    config = load_config(config_path)  # checked before the long part
+    t0 = time.perf_counter()
+    obs = exomiri.open(list(segments))
+    click.echo(
+        f"read {obs} from {len(obs.meta.segments)} segment(s) in {time.perf_counter() - t0:.1f} s",
+        err=True,
+    )
+    obs = run_plan(obs, config.plan(), _progress)
+    path = obs.save(output)
+    click.echo(f"session {path}: {len(obs.history)} steps in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command()
+@click.argument("session", type=click.Path(dir_okay=False))
+@click.option(
+    "--from",
+    "from_step",
+    type=click.Choice(STEPS),
+    default=None,
+    help="Step to re-run from (default: continue with the steps the chain has left).",
+)
+@_config_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Session file to write (default: replace SESSION, atomically).",
+)
+def resume(
+    session: str, from_step: str | None, config_path: str | None, output: str | None
+) -> None:
+    """Re-run a saved SESSION from a step with the parameters recorded in its history.
+
+    Tables of --config override the recorded parameters of their step. Only steps after the
+    last one that changed the cube (clean, subtract_background) can be re-run: typically
+    extract and align.
+    """
+    import exomiri
+
+    config = load_config(config_path)
+    t0 = time.perf_counter()
+    obs = exomiri.load(session)
+    plan, notes = resume_plan(obs, from_step, config, session)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    obs = run_plan(obs, plan, _progress)
+    path = obs.save(output or session)
+    click.echo(f"session {path}: re-ran {len(plan)} step(s) in {time.perf_counter() - t0:.1f} s")
+
+
+def _format_value(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "))
+
+
+@main.command()
+@click.argument("session", type=click.Path(dir_okay=False))
+def info(session: str) -> None:
+    """What a session holds: shape, target, segments, steps with parameters, products.
+
+    Reads the file's metadata only, so it is quick on large sessions.
+    """
+    import h5py
+
+    from .exceptions import SessionFormatError
+    from .io.hdf5 import _check_version
+    from .provenance import StepRecord
+
+    path = Path(session)
+    if not path.exists():
+        raise SessionFormatError(f"{path}: no such session file. Check the path.")
+    try:
+        with h5py.File(path, "r") as f:
+            version = _check_version(path, f)
+            group = f["observation"]
+            meta = json.loads(group.attrs["meta"])
+            arrays = {
+                name: (ds.shape, ds.dtype)
+                for name, ds in group.items()
+                if isinstance(ds, h5py.Dataset)
+            }
+            products = {
+                name: {k: (v.shape, v.dtype) for k, v in g.items()}
+                for name, g in group["products"].items()
+            }
+            raw = f["history"][()] if "history" in f else []
+            history = [StepRecord.from_json(r.decode() if isinstance(r, bytes) else r) for r in raw]
+    except (OSError, KeyError, ValueError) as exc:
+        raise SessionFormatError(
+            f"{path} could not be read as an exomiri session ({type(exc).__name__}: {exc})."
+        ) from exc
+    nints, nrows, ncols = arrays["data"][0]
+    click.echo(f"session    {path} (format {version}, {path.stat().st_size / 2**20:.1f} MiB)")
+    click.echo(f"target     {meta.get('target') or 'unknown'}")
+    click.echo(f"shape      {nints} integrations x {nrows} rows x {ncols} columns")
+    click.echo(
+        f"subarray   {meta.get('subarray')} (SUBSTRT1={meta.get('substrt1')}, "
+        f"SUBSTRT2={meta.get('substrt2')})"
+    )
+    segments = meta.get("segments", [])
+    click.echo(f"segments   {len(segments)}")
+    for s in segments:
+        click.echo(f"  {s['filename']}  integrations {s['first']}-{s['last']}")
+    total = sum(r.duration_s for r in history)
+    click.echo(f"steps      {len(history)} ({total:.2f} s)")
+    for k, r in enumerate(history, 1):
+        name = f"{r.step}[{r.method}]" if r.method else r.step
+        provider = f"  {r.provider}=={r.provider_version}" if r.method else ""
+        click.echo(f"  {k}. {name:<30s} {r.duration_s:8.2f} s{provider}")
+        for key, value in r.parameters.items():
+            click.echo(f"       {key} = {_format_value(value)}")
+    click.echo("arrays")
+    for name, (shape, dtype) in arrays.items():
+        click.echo(f"  {name:<22s} {tuple(shape)} {dtype}")
+    click.echo("products   " + (", ".join(products) or "none"))
+    for name, fields in products.items():
+        for key, (shape, dtype) in fields.items():
+            click.echo(f"  {name + '.' + key:<22s} {tuple(shape)} {dtype}")
+
+
+@main.command()
+@click.argument("session", type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file: .nc or .ecsv.",
+)
+@click.option(
+    "--resolution", type=float, default=None, help="Bins of constant R = lambda / dlambda."
+)
+@click.option("--bin-width", type=float, default=None, help="Bins of this width (micron).")
+@click.option("--pixels", type=int, default=None, help="Bins of this many detector rows.")
+@click.option(
+    "--range",
+    "wavelength_range",
+    type=(float, float),
+    default=(5.0, 12.0),
+    show_default=True,
+    help="Wavelength range of the bins and the white light curve (micron).",
+)
+def export(
+    session: str,
+    target: str,
+    resolution: float | None,
+    bin_width: float | None,
+    pixels: int | None,
+    wavelength_range: tuple[float, float],
+) -> None:
+    """Write the light curves of SESSION to netCDF (.nc) or ECSV (.ecsv).
+
+    Without a binning option the spectra go out at full resolution (one curve per row).
+    """
+    import exomiri
+    from exomiri.lightcurves import export as export_light_curves
+
+    chosen = [
+        name
+        for name, v in (
+            ("--resolution", resolution),
+            ("--bin-width", bin_width),
+            ("--pixels", pixels),
+        )
+        if v is not None
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(
+            f"Give one of --resolution, --bin-width, --pixels; got {' and '.join(chosen)}."
+        )
+    binning: dict[str, Any] = {}
+    if bin_width is not None:
+        if not bin_width > 0:
+            raise InputError(
+                f"--bin-width {bin_width} must be a positive width in micron, e.g. --bin-width 0.25."
+            )
+        lo, hi = wavelength_range
+        binning["bins"] = np.arange(lo, hi + 1e-9, bin_width)
+    elif resolution is not None:
+        binning["resolution"] = resolution
+    elif pixels is not None:
+        binning["pixels"] = pixels
+    if binning:
+        binning["wavelength_range"] = wavelength_range
+    obs = exomiri.load(session)
+    written = export_light_curves(obs, target, **binning)
+    kind = "binned" if binning else "full-resolution"
+    click.echo(f"{kind} light curves of {obs.nints} integrations -> {written}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins: name, distribution, version, hooks and methods."""
+    import exomiri
+
+    listed = exomiri.list_plugins()
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    for plugin in listed:
+        click.echo(f"{plugin['name']}  ({plugin['distribution']}=={plugin['version']})")
+        click.echo(f"  hooks: {', '.join(plugin['hooks']) or 'none'}")
+        for kind, names in plugin["methods"].items():
+            if names:
+                click.echo(f"  {kind} methods: {', '.join(names)}")
+
+
+@main.command()
+@_config_option
+def config(config_path: str | None) -> None:
+    """Print the configuration `reduce` uses as TOML: the default, or --config checked and filled in."""
+    click.echo(default_config_text(load_config(config_path)), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
