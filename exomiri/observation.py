@@ -247,6 +247,13 @@ class LRSObservation:
         """``func(self, *args, **kwargs)``, for chaining your own functions."""
         return func(self, *args, **kwargs)
 
+    @property
+    def plot(self):
+        """Diagnostic figures: ``obs.plot.frame()``, ``obs.plot.spectra()``... (see :mod:`exomiri.plot`)."""
+        from .plot import PlotAccessor
+
+        return PlotAccessor(self)
+
     # ------------------------------------------------------------- selection
     def _resolve(self, integrations: Any) -> np.ndarray:
         n = self.nints
