@@ -33,6 +33,7 @@ from .exceptions import (
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .chunked import Reduction, reduce
     from .io.fits import open
     from .io.hdf5 import load
     from .observation import LRSObservation
@@ -48,6 +49,7 @@ __all__ = [
     "LRSObservation",
     "PluginError",
     "PluginWarning",
+    "Reduction",
     "SessionFormatError",
     "StepOrderError",
     "UnknownMethodError",
@@ -57,6 +59,7 @@ __all__ = [
     "load",
     "methods",
     "open",
+    "reduce",
     "simulate",
 ]
 
@@ -67,6 +70,8 @@ _LAZY = {
     "simulate": ".simulate",
     "methods": ".plugins",
     "list_plugins": ".plugins",
+    "reduce": ".chunked",
+    "Reduction": ".chunked",
 }
 
 

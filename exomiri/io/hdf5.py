@@ -27,7 +27,7 @@ from ..observation import LRSObservation, ObservationMeta
 from ..products import PRODUCT_TYPES, Product
 from ..provenance import StepRecord, core_versions
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SessionWriter", "load", "save"]
 
 FORMAT_NAME = "exomiri-session"
 FORMAT_VERSION = "1.0"
@@ -103,7 +103,8 @@ def _wcs_from(raw: bytes) -> Any:
         return af.tree["wcs"]
 
 
-def _write_session(f: h5py.File, obs: LRSObservation) -> None:
+def _write_root(f: h5py.File, meta: ObservationMeta) -> h5py.Group:
+    """Root attributes and the "observation" group with its metadata."""
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs[_ENC_TYPE] = FORMAT_NAME
@@ -112,10 +113,15 @@ def _write_session(f: h5py.File, obs: LRSObservation) -> None:
     g = f.create_group("observation")
     g.attrs[_ENC_TYPE] = "lrs-observation"
     g.attrs[_ENC_VERSION] = "1.0"
-    g.attrs["meta"] = json.dumps(obs.meta.to_dict())
+    g.attrs["meta"] = json.dumps(meta.to_dict())
+    return g
+
+
+def _write_rest(f: h5py.File, g: h5py.Group, obs: LRSObservation, skip: tuple[str, ...] = ()) -> None:
+    """Array fields (except ``skip``), products, WCS and history."""
     for name in ARRAY_FIELDS:
         value = getattr(obs, name)
-        if value is not None:
+        if value is not None and name not in skip:
             _write_array(g, name, value)
     products = g.create_group("products")
     products.attrs[_ENC_TYPE] = "products"
@@ -139,6 +145,27 @@ def _write_session(f: h5py.File, obs: LRSObservation) -> None:
     history.attrs[_ENC_VERSION] = "1.0"
 
 
+def _write_session(f: h5py.File, obs: LRSObservation) -> None:
+    g = _write_root(f, obs.meta)
+    _write_rest(f, g, obs)
+
+
+def _temporary_beside(target: Path) -> str:
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise SessionFormatError(f"Cannot save to {target}: the folder {folder} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def _commit(tmp: str, target: Path) -> None:
+    """Flush the finished temporary file to disk and move it over the target."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
 def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     """Write ``obs`` to ``path`` atomically and return the path.
 
@@ -146,22 +173,139 @@ def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     complete on disk.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise SessionFormatError(f"Cannot save to {target}: the folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = _temporary_beside(target)
     try:
         with h5py.File(tmp, "w") as f:
             _write_session(f, obs)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        _commit(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return str(target)
+
+
+#: Cubes whose first axis runs over integrations, written chunk by chunk by SessionWriter.
+APPENDABLE = ("data", "err", "dq", "var_poisson", "var_rnoise", "profile", "outlier_counts")
+
+
+class SessionWriter:
+    """Write a session whose cubes arrive a chunk of integrations at a time.
+
+    The file has the same layout, chunking and compression as :func:`save`
+    writes (``docs/file-format.md``); only the order of writing differs.  It
+    is built in a temporary file next to ``path`` and moved over ``path``
+    by :meth:`finish` only when complete, so the target never holds a
+    partial session (an interrupted run removes the temporary file and
+    leaves any previous file at ``path`` intact)::
+
+        with SessionWriter("session.h5", nints=obs_nints, meta=meta) as writer:
+            for chunk in chunks:                 # consecutive integrations, in order
+                writer.append(chunk)             # an LRSObservation of those integrations
+            writer.finish(final)                 # products, small arrays, history
+
+    ``finish`` takes an observation holding everything but the cubes: its
+    own cube fields are ignored (they may be placeholders); the cubes
+    written by ``append`` are kept.  Cubes that are None in the first chunk
+    are not written.
+    """
+
+    def __init__(self, path: str | os.PathLike, nints: int, meta: ObservationMeta):
+        self.target = Path(path)
+        self.nints = int(nints)
+        if self.nints < 1:
+            raise SessionFormatError(f"SessionWriter({path}): nints={nints} must be at least 1.")
+        self._tmp = _temporary_beside(self.target)
+        self._file: h5py.File | None = h5py.File(self._tmp, "w")
+        self._group = _write_root(self._file, meta)
+        self._written = 0
+        self._names: tuple[str, ...] | None = None
+
+    @property
+    def written(self) -> int:
+        """Integrations appended so far."""
+        return self._written
+
+    def _create(self, chunk: LRSObservation) -> None:
+        names = []
+        for name in APPENDABLE:
+            value = getattr(chunk, name)
+            if value is None:
+                continue
+            value = np.asarray(value)
+            dtype = value.dtype.newbyteorder("=") if value.dtype.byteorder == ">" else value.dtype
+            shape = (self.nints, *value.shape[1:])
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            kwargs: dict[str, Any] = {}
+            if size > 4096:  # as _write_array
+                kwargs = {
+                    "chunks": _chunks(shape, dtype.itemsize),
+                    "compression": "gzip",
+                    "compression_opts": 4,
+                    "shuffle": dtype.kind in "fiu",
+                }
+            ds = self._group.create_dataset(name, shape=shape, dtype=dtype, **kwargs)
+            ds.attrs[_ENC_TYPE] = "array"
+            ds.attrs[_ENC_VERSION] = "1.0"
+            names.append(name)
+        self._names = tuple(names)
+
+    def append(self, chunk: LRSObservation) -> None:
+        """Write the cubes of the next ``chunk.nints`` integrations."""
+        if self._file is None:
+            raise SessionFormatError(f"{self.target}: this SessionWriter is already closed.")
+        if self._names is None:
+            self._create(chunk)
+        stop = self._written + chunk.nints
+        if stop > self.nints:
+            raise SessionFormatError(
+                f"{self.target}: appending {chunk.nints} integrations after {self._written} "
+                f"exceeds the {self.nints} announced; pass the right nints to SessionWriter."
+            )
+        for name in self._names:
+            value = getattr(chunk, name)
+            if value is None:
+                raise SessionFormatError(
+                    f"{self.target}: chunk at integration {self._written} has no {name!r} but "
+                    "the first chunk had one; every chunk must carry the same cubes."
+                )
+            self._group[name][self._written : stop] = value
+        self._written = stop
+
+    def finish(self, obs: LRSObservation) -> str:
+        """Write everything else from ``obs``, then move the file into place; returns the path."""
+        if self._file is None:
+            raise SessionFormatError(f"{self.target}: this SessionWriter is already closed.")
+        if self._written != self.nints or obs.nints != self.nints:
+            self.abort()
+            raise SessionFormatError(
+                f"{self.target}: {self._written} of {self.nints} integrations were appended and "
+                f"the final observation has {obs.nints}; the session was not written."
+            )
+        try:
+            _write_rest(self._file, self._group, obs, skip=APPENDABLE)
+            self._file.close()
+            self._file = None
+            _commit(self._tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        return str(self.target)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; the target is left as it was."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is not None:  # not finished: an error, or finish() was never called
+            self.abort()
 
 
 def _check_version(path: Path, f: h5py.File) -> str:
