@@ -206,21 +206,10 @@ class _Input:
 
     def __init__(self, value: Any, step: str) -> None:
         self.model = None
-        self.opened = False
         if isinstance(value, LRSObservation):
             self.obs = value
             self.background = value.background
             return
-        if isinstance(value, str | os.PathLike):
-            from stdatamodels.jwst import datamodels
-
-            path = os.fspath(value)
-            if not os.path.exists(path):
-                raise InputError(f"{step}: {path}: no such file. Give a *_rateints.fits path or a CubeModel.")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # schema chatter about unknown subarray names etc.
-                value = datamodels.CubeModel(path)
-            self.opened = True
         if not hasattr(value, "meta") or not hasattr(value, "data"):
             raise InputError(
                 f"{step}: got {type(value).__name__}; expected a jwst.datamodels.CubeModel (from "
@@ -248,9 +237,16 @@ class _Input:
                 })
         return out
 
-    def close(self) -> None:
-        if self.opened:
-            self.model.close()
+
+def _open_model(path: str | os.PathLike, step: str) -> Any:
+    from stdatamodels.jwst import datamodels
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{step}: {path}: no such file. Give a *_rateints.fits path or a CubeModel.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # schema chatter about unknown subarray names etc.
+        return datamodels.CubeModel(path)
 
 
 # --------------------------------------------------------------------------- the step base
@@ -303,6 +299,12 @@ class _Step:
                     ),
                     stacklevel=3,
                 )
+        if args and isinstance(args[0], str | os.PathLike):
+            model = _open_model(args[0], type(self).__name__)
+            try:
+                return self.process(model, *args[1:], **params)
+            finally:
+                model.close()
         return self.process(*args, **params)
 
     def run(self, *args: Any) -> Any:
@@ -406,10 +408,7 @@ class GetWavelengthMap(_Step):
 
     def process(self, input: Any, **params: Any) -> np.ndarray:
         given = _Input(input, "GetWavelengthMap")
-        try:
-            wave = np.array(given.obs.wavelength_map(source=params["source"]).wavelength)
-        finally:
-            given.close()
+        wave = np.array(given.obs.wavelength_map(source=params["source"]).wavelength)
         wave = wave[:, params["trim_col_start"] : params["trim_col_end"]]
         if params["save"]:
             from astropy.io import fits

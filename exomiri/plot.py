@@ -238,8 +238,6 @@ class PlotAccessor:
             spec["right"] = float(p.get("aperture_right_width", spec["right"]))
             spec["mode"] = p.get("trace_position", spec["mode"])
             centre = p.get("aperture_center")
-        if record is None and obs.history:
-            spec["note"] = "default"
         if centre is None:
             centre = DEFAULT_CENTER + obs.meta.col_offset
         nrows = obs.shape[1]
@@ -367,11 +365,12 @@ class PlotAccessor:
                 label="background columns" if k == 0 else None,
             )
         position = self._position(image)
+        psf_rows = obs._default_rows(PSF_ROWS)
         calibrated = np.isfinite(obs._calibrated_trace())
         trace = position + self._trace_tilt()
         ax.plot(
             np.where(calibrated, trace, np.nan), rows, color=_TRACE_COLOUR, lw=0.8, ls="--",
-            label=f"trace (column {position:.2f} at rows {PSF_ROWS[0]}-{PSF_ROWS[1] - 1})",
+            label=f"trace (column {position:.2f} at rows {psf_rows[0]}-{psf_rows[1] - 1})",
         )
         ap = self._aperture(position)
         source = "" if ap["from_history"] else ", default"

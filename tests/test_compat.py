@@ -271,15 +271,19 @@ def test_an_observation_in_gives_an_observation_out(rateints):
         assert np.array_equal(a, b, equal_nan=True)
 
 
-def test_wavelength_map_uses_the_wcs_when_the_model_has_one(rateints, linear_wcs):
+def test_wavelength_map_uses_the_wcs_when_the_model_has_one(rateints, linear_wcs, tmp_path):
+    from astropy.io import fits
+
     from exomiri.compat import GetWavelengthMap
 
     path, _ = rateints
     model = _model(path)
     model.meta.wcs = linear_wcs  # wavelength 14 - 0.02 row
-    wave = GetWavelengthMap.call(model, trim_col_start=10, trim_col_end=60)
+    wave = GetWavelengthMap.call(model, trim_col_start=10, trim_col_end=60, save=True, save_path=tmp_path)
     assert wave.shape == (416, 50)
     assert np.allclose(wave[:, 0], 14.0 - 0.02 * np.arange(416))
+    (saved,) = tmp_path.glob("*_wavelengthmap.fits")
+    assert np.array_equal(fits.getdata(saved), wave)
 
 
 def test_arguments_are_checked(rateints, script):
@@ -330,3 +334,12 @@ def test_instance_parameters_are_defaults_for_call_and_run(script):
     plain = np.sum(np.asarray(script["proc"].data, dtype=np.float64)[:, :, 35:38], axis=2)
     assert np.allclose(spec, plain, rtol=1e-12, atol=0)
     assert np.array_equal(spec, spec_run, equal_nan=True)
+
+
+def test_a_path_in_gives_a_model_out(rateints, script):
+    from exomiri.compat import CleanOutliersStep
+
+    path, _ = rateints
+    cleaned, _, _ = CleanOutliersStep.call(path, **CLEAN)
+    assert type(cleaned).__name__ == "CubeModel"
+    assert np.array_equal(cleaned.data, CleanOutliersStep.call(_model(path), **CLEAN)[0].data, equal_nan=True)
