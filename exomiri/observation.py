@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -126,9 +127,45 @@ def _normalise_regions(regions: Any, what: str = "regions") -> tuple[tuple[int, 
                 f"{what} entry {pair!r} is not a (start, stop) pair; "
                 "write e.g. regions=((8, 17), (56, 72))."
             )
+        if not all(_is_integer(v) for v in pair):
+            raise InputError(
+                f"{what} entry {pair!r} must hold integer column numbers; "
+                "write e.g. regions=((8, 17), (56, 72))."
+            )
         start, stop = (int(v) for v in pair)
         out.append((start, stop))
     return tuple(out)
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer (Python or numpy), and not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InputError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def _pixel_range(name: str, value: Any, size: int, what: str, example: str) -> tuple[int, int]:
+    """A half-open (start, stop) range of integers inside [0, size]."""
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence | np.ndarray)
+        or len(value) != 2
+        or not all(_is_integer(v) for v in value)
+    ):
+        raise InputError(
+            f"{name}={value!r} must be a (start, stop) pair of integer {what}, e.g. {name}={example}."
+        )
+    start, stop = (int(v) for v in value)
+    if not 0 <= start < stop <= size:
+        raise InputError(
+            f"{name}={value!r} must be a half-open range inside the frame's {size} {what}: "
+            f"0 <= start < stop <= {size}."
+        )
+    return start, stop
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -292,9 +329,17 @@ class LRSObservation:
                 return default
             if isinstance(value, Time):
                 return float(value.tdb.jd)
-            if isinstance(value, u.Quantity):
-                return float(start + value.to_value(u.day))
-            return float(value)
+            try:
+                if isinstance(value, u.Quantity):
+                    return float(start + value.to_value(u.day))
+                if isinstance(value, bool | str | bytes):
+                    raise TypeError(type(value).__name__)
+                return float(value)
+            except (TypeError, ValueError, u.UnitsError) as exc:
+                raise InputError(
+                    f"time={time!r}: {value!r} is not a BJD_TDB value, an astropy Time or a time "
+                    f"Quantity ({exc}); write e.g. time=(1 * u.hour, None)."
+                ) from None
 
         t0 = convert(time[0], -np.inf)
         t1 = convert(time[1], np.inf)
@@ -355,12 +400,16 @@ class LRSObservation:
     def usable_mask(self, dq_bits_to_mask: Any = (0,)) -> np.ndarray:
         """True where a pixel must not be used.
 
-        A pixel is unusable when its value is not finite, or when it carries
-        one of ``dq_bits_to_mask`` and :meth:`clean` has not replaced it (a
-        replaced pixel has the OUTLIER bit OR-ed in).
+        A pixel is unusable when its value is not finite, when its ``err`` is
+        not finite and positive (it cannot be weighted, and an error of 0
+        would claim infinite precision), or when it carries one of
+        ``dq_bits_to_mask`` and :meth:`clean` has not replaced it (a replaced
+        pixel has the OUTLIER bit OR-ed in).
         """
         bits = dqflags.bit_mask(dq_bits_to_mask)
         bad = ~np.isfinite(self.data)
+        with np.errstate(invalid="ignore"):
+            bad |= ~(np.isfinite(self.err) & (self.err > 0))
         if bits:
             bad |= ((self.dq & bits) != 0) & ((self.dq & dqflags.OUTLIER) == 0)
         return bad
@@ -525,23 +574,47 @@ class LRSObservation:
         from .steps import clean as kernel
 
         t0 = perf_counter()
-        if isinstance(window_heights, int | np.integer):
+        if _is_integer(window_heights):
             window_heights = (int(window_heights),)
         if isinstance(window_heights, str) or not isinstance(window_heights, Sequence | np.ndarray):
             raise InputError(
                 f"clean(window_heights={window_heights!r}): expected a list of row counts, "
                 "e.g. window_heights=[40]."
             )
+        kernel.window_edges(self.shape[1], window_heights)  # validates the heights
+        window_heights = tuple(int(h) for h in window_heights)
+        if _is_integer(poly_order) and min(h for h in window_heights if h) <= poly_order:
+            raise InputError(
+                f"clean(window_heights={list(window_heights)}, poly_order={poly_order}): a window "
+                f"needs more than poly_order = {poly_order} rows to determine the polynomial (and "
+                f"at least {poly_order + 3} to find outliers); use taller windows or a lower "
+                "poly_order."
+            )
+        weighted = _flag("clean(weighted=...)", weighted)
         bits = dqflags.bit_numbers(dq_bits_to_mask)
         left, right = self._default_columns((26, 47))
+        for name, value in (
+            ("spatial_profile_left_idx", spatial_profile_left_idx),
+            ("spatial_profile_right_idx", spatial_profile_right_idx),
+        ):
+            if value is not None and not _is_integer(value):
+                raise InputError(
+                    f"clean({name}={value!r}): expected an integer column (or None for the "
+                    f"default), e.g. {name}={left if 'left' in name else right}."
+                )
         left = left if spatial_profile_left_idx is None else int(spatial_profile_left_idx)
         right = right if spatial_profile_right_idx is None else int(spatial_profile_right_idx)
+        if not 0 <= left < right <= self.shape[2]:
+            raise InputError(
+                f"clean(spatial_profile_left_idx={left}, spatial_profile_right_idx={right}): the "
+                f"profile columns [left, right) must satisfy 0 <= left < right <= {self.shape[2]}."
+            )
         bad = dqflags.mask_from_dq(self.dq, bits)
         result = kernel.clean_cube(
             self.data,
             self.err,
             bad,
-            window_heights=tuple(int(h) for h in window_heights),
+            window_heights=window_heights,
             poly_order=poly_order,
             outlier_threshold=outlier_threshold,
             weighted=bool(weighted),
@@ -712,6 +785,7 @@ class LRSObservation:
             exc.add_note(f"in extraction method {info.name!r} from {info.distribution}=={info.version}")
             raise
         spectra = self._spectra_from(result, info)
+        self._warn_blind_rows(frames.mask, spectra.trace_position)
         diagnostics = {
             "median_flux": float(np.nanmedian(spectra.flux)),
             "median_trace_position": float(np.nanmedian(spectra.trace_position)),
@@ -729,6 +803,48 @@ class LRSObservation:
             duration_s=perf_counter() - t0,
         )
         return self.replace(record, spectra=spectra, shifts=None)
+
+    #: Rows in a run at least this long where the trace core is never usable are
+    #: beyond what a profile built from neighbouring rows can bridge.
+    BLIND_RUN = 11
+
+    def _warn_blind_rows(self, mask: np.ndarray, position: np.ndarray) -> None:
+        """Warn where a pixel within one column of the trace is unusable in every
+        integration over a run of rows (a saturated or dead column): no integration
+        shows its flux, so no profile can restore it."""
+        finite = np.isfinite(position)
+        if not finite.any():
+            return
+        tilt = self._calibrated_trace()
+        rows = self._default_rows((200, 390))
+        anchor = np.nanmean(tilt[rows[0] : rows[1]]) if rows[1] > rows[0] else np.nan
+        shape = np.where(np.isfinite(tilt) & np.isfinite(anchor), tilt - anchor, 0.0)
+        centre = np.rint(shape + float(np.median(position[finite]))).astype(int)
+        never = np.all(mask, axis=0)  # (nrows, ncols)
+        r = np.arange(self.shape[1])
+        blind = np.zeros(self.shape[1], dtype=bool)
+        for offset in (-1, 0, 1):
+            c = centre + offset
+            inside = (c >= 0) & (c < self.shape[2])
+            blind[inside] |= never[r[inside], c[inside]]
+        # keep runs of at least BLIND_RUN rows
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], blind.astype(np.int8), [0]])))
+        runs = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+        runs = [(int(a), int(b)) for a, b in runs if b - a >= self.BLIND_RUN]
+        if runs:
+            from .exceptions import DataWarning
+
+            listed = ", ".join(f"{a}-{b - 1}" for a, b in runs[:5])
+            warnings.warn(
+                DataWarning(
+                    f"extract: in rows {listed}{'...' if len(runs) > 5 else ''} a pixel within "
+                    "one column of the trace is unusable in every integration (a saturated, "
+                    "dead or fully masked column); no profile can restore its flux, so those "
+                    "rows' fluxes may be low; the pixels are counted in spectra.n_rejected. Use them for "
+                    "relative (transit) measurements only, or leave them out."
+                ),
+                stacklevel=3,
+            )
 
     def _spectra_from(self, result: Any, info: Any) -> Spectra:
         nints, nrows, ncols = self.shape
@@ -793,11 +909,23 @@ class LRSObservation:
         t0 = perf_counter()
         self._require("spectra", "obs.extract()", "align")
         spectra = self.spectra
-        x_rows = self._default_rows((200, 390)) if x_rows is None else tuple(int(v) for v in x_rows)
-        x_columns = (
-            self._default_columns((12, 68)) if x_columns is None else tuple(int(v) for v in x_columns)
-        )
+        align_spectra = _flag("align(align_spectra=...)", align_spectra)
         nrows, ncols = self.shape[1:]
+        x_rows = (
+            self._default_rows((200, 390))
+            if x_rows is None
+            else _pixel_range("align(x_rows)", x_rows, nrows, "rows", "(200, 390)")
+        )
+        x_columns = (
+            self._default_columns((12, 68))
+            if x_columns is None
+            else _pixel_range("align(x_columns)", x_columns, ncols, "columns", "(12, 68)")
+        )
+        if x_columns[1] - x_columns[0] < 8:
+            raise InputError(
+                f"align(x_columns={x_columns}) spans {x_columns[1] - x_columns[0]} columns; the "
+                "cross-dispersion shift is fitted to at least 8. Widen x_columns, e.g. (12, 68)."
+            )
         if not (0 <= x_rows[0] < x_rows[1] <= nrows and 0 <= x_columns[0] < x_columns[1] <= ncols):
             raise InputError(
                 f"align(x_rows={x_rows}, x_columns={x_columns}) must be half-open ranges inside "
@@ -855,8 +983,15 @@ class LRSObservation:
     # ------------------------------------------------------------- in and out
     def save(self, path: str) -> str:
         """Save everything to an HDF5 session file, atomically; returns the path."""
+        import os
+
         from .io.hdf5 import save
 
+        if not isinstance(path, str | os.PathLike):
+            raise InputError(
+                f"save(path={path!r}): expected a file name (str or pathlib.Path), e.g. "
+                "obs.save('session.h5')."
+            )
         return save(self, path)
 
     def write(self, path: str, segments: int | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from ..dq import FLAGS
 from ..exceptions import DataWarning, InputError
 from ..observation import (
     INT_TIMES_COLUMNS,
@@ -41,14 +42,21 @@ _HEADER_KEYS = (
     "EXPEND", "DATE-OBS", "TIME-OBS", "CAL_VER", "CRDS_CTX", "CRDS_VER", "R_DISTOR",
     "R_SPCWCS", "R_SPECWCS", "R_GAIN", "R_READNO", "FILENAME",
 )
+DO_NOT_USE = np.uint32(1 << FLAGS["DO_NOT_USE"])
+UNRELIABLE_ERROR = np.uint32(1 << FLAGS["UNRELIABLE_ERROR"])
 _IDENTITY_KEYS = ("PROGRAM", "OBSERVTN", "VISIT", "EXPOSURE", "NINTS", "SUBARRAY", "TARGPROP")
 
 
 def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
+    hint = "pass a path, a list of paths or a glob, e.g. exomiri.open('jw*_rateints.fits')"
+    if not isinstance(paths, Iterable) or isinstance(paths, bytes):
+        raise InputError(f"exomiri.open({paths!r}): not a file name; {hint}.")
     out: list[Path] = []
     for p in paths:
+        if not isinstance(p, str | os.PathLike):
+            raise InputError(f"exomiri.open(): {p!r} is not a file name; {hint}.")
         text = os.fspath(p)
         if any(ch in text for ch in "*?["):
             matches = sorted(glob.glob(text))
@@ -286,12 +294,12 @@ def open(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LRSObservati
             return None
         return values[0] if len(values) == 1 else np.concatenate(values, axis=0)
 
-    data = join("data")
-    _warn_empty_frames(data, files)
+    data, err = join("data"), join("err")
+    dq = _flag_unusable(data, err, join("dq"), files)
     return LRSObservation(
         data=data,
-        err=join("err"),
-        dq=join("dq"),
+        err=err,
+        dq=dq,
         int_times=np.concatenate([p["int_times"] for p in parts]),
         meta=_meta_from(ref, segments),
         var_poisson=join("var_poisson"),
@@ -301,20 +309,50 @@ def open(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LRSObservati
     )
 
 
-def _warn_empty_frames(data: np.ndarray, files: list[Path]) -> None:
+def _flag_unusable(
+    data: np.ndarray, err: np.ndarray, dq: np.ndarray, files: list[Path]
+) -> np.ndarray:
+    """Flag what no step can use, warn about it, and return the new DQ (the input is kept).
+
+    * An integration whose SCI is all NaN or all zero gets DO_NOT_USE on every pixel.
+    * A pixel with finite SCI but an ERR that is not finite and positive gets
+      UNRELIABLE_ERROR (such pixels are unusable in every step, see
+      :meth:`LRSObservation.usable_mask`); a warning names those not already
+      DO_NOT_USE.
+    """
+    names = ", ".join(f.name for f in files)
     finite = np.isfinite(data)
-    empty = ~finite.any(axis=(1, 2)) | ~np.any(finite & (data != 0), axis=(1, 2))
+    empty = ~np.any(finite & (data != 0), axis=(1, 2))
+    flags = np.zeros(dq.shape, dtype=np.uint32)
     if empty.any():
         idx = np.flatnonzero(empty)
+        flags[idx] |= DO_NOT_USE
         warnings.warn(
             DataWarning(
-                f"{len(idx)} integration(s) of {', '.join(f.name for f in files)} are all NaN or "
+                f"{len(idx)} integration(s) of {names} are all NaN or "
                 f"all zero (indices {idx[:10].tolist()}{'...' if len(idx) > 10 else ''}); "
-                "clean() will replace nothing there and their spectra will be NaN or zero. "
-                "Drop them before fitting light curves."
+                "they are flagged DO_NOT_USE and their spectra will be NaN. "
+                f"Drop them (obs.drop({idx[:10].tolist()})) before fitting light curves."
             ),
             stacklevel=3,
         )
+    with np.errstate(invalid="ignore"):
+        bad_err = finite & ~(np.isfinite(err) & (err > 0))
+    if bad_err.any():
+        flags[bad_err] |= UNRELIABLE_ERROR
+        surprising = bad_err & ((dq & DO_NOT_USE) == 0) & ~empty[:, None, None]
+        if surprising.any():
+            i, r, c = (int(v[0]) for v in np.nonzero(surprising))
+            warnings.warn(
+                DataWarning(
+                    f"{int(surprising.sum())} pixel(s) of {names} have a finite SCI value but an "
+                    f"ERR that is zero, negative or NaN (the first at integration index {i}, row "
+                    f"{r}, column {c}); they are flagged UNRELIABLE_ERROR and no step uses them. "
+                    "Check the ERR extension of the file."
+                ),
+                stacklevel=3,
+            )
+    return dq | flags if flags.any() else dq
 
 
 def _segment_names(path: str, n: int) -> list[str]:
@@ -353,6 +391,10 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
         if sum(s.size for s in splits) != nints:
             splits = []
     if not splits:
+        if segments is not None and (
+            isinstance(segments, bool) or not isinstance(segments, int | np.integer)
+        ):
+            raise InputError(f"write(segments={segments!r}) must be an integer number of files.")
         n = 1 if segments is None else int(segments)
         if not 1 <= n <= nints:
             raise InputError(f"write(segments={segments}) must be between 1 and {nints}.")

@@ -231,7 +231,9 @@ def subtract(
     ``data``/``err`` are (nints, nrows, ncols) for the integrations
     ``index`` selects from ``model``.  Returns float32 ``data - background``
     and ``sqrt(err**2 + variance)``; rows where the model is NaN come out NaN
-    (the host flags them).  Inputs are never modified.
+    (the host flags them).  Where ``err`` is not finite and positive (an
+    unusable error) the new error is NaN: adding the background's variance
+    must not make such a pixel look usable.  Inputs are never modified.
     """
     data = np.asarray(data)
     err = np.asarray(err)
@@ -255,4 +257,5 @@ def subtract(
     with np.errstate(invalid="ignore"):
         out = (data.astype(np.float64) - background).astype(np.float32)
         err_out = np.sqrt(err.astype(np.float64) ** 2 + variance).astype(np.float32)
+        err_out[~(np.isfinite(err) & (err > 0))] = np.nan
     return out, err_out

@@ -559,6 +559,8 @@ def _clean_chunk(data, err, bad, out, i0, i1, groups, order, threshold, weighted
             out["replaced"][idx] = True
             old = out["err"][idx]
             new = np.where(np.isfinite(old), old, np.nan)
+            # a series with fewer than two good pixels has no fit: its fill is no estimate
+            new[np.count_nonzero(good, axis=0)[flat % N] < 2] = np.nan
             if sel.size:
                 rows, pos = np.nonzero(replaced[:, sel])
                 new_sel = np.ravel_multi_index((rows, sel[pos]), (h, N))
@@ -629,7 +631,11 @@ def clean_cube(
     CleanResult.  At replaced pixels ``err`` is the 1-sigma uncertainty of the
     fitted value; where the fit has no spare degrees of freedom (unweighted:
     good pixels <= poly_order + 1; weighted: < poly_order + 1) it is the input
-    err of the pixel, or NaN if that is not finite.
+    err of the pixel, or NaN if that is not finite.  Where the series has
+    fewer than two good pixels (a window of a column that is NaN or masked
+    throughout, such as a saturated or reference column) there is no fit:
+    the pixel is filled with 0 and its ``err`` is NaN, so that no later step
+    uses it.
     """
     data = _cube("data", data)
     err = _cube("err", err)

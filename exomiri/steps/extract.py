@@ -761,11 +761,12 @@ def box(
     bad |= ~np.isfinite(e)
     if mask is not None:
         bad |= np.asarray(mask, dtype=bool)[:, :, lo:hi]
+    # zero every unusable pixel, also those without weight in this integration
+    # (the columns span all integrations' apertures, and 0 * NaN is NaN)
+    np.copyto(d, 0, where=bad)
+    np.copyto(e, 0, where=bad)
     bad &= wv > 0
     anybad = bad.any()
-    if anybad:
-        np.copyto(d, 0, where=bad)
-        np.copyto(e, 0, where=bad)
     e *= e
     flux = np.einsum("irc,irc->ir", w, d)
     var = np.einsum("irc,irc->ir", np.broadcast_to(wv * wv, shape3), e)
