@@ -293,9 +293,10 @@ class LRSObservation:
 
     # ------------------------------------------------------------- selection
     def _resolve(self, integrations: Any) -> np.ndarray:
+        """Indices of the chosen integrations, sorted and unique: they stay in time order."""
         n = self.nints
         if isinstance(integrations, slice):
-            return np.arange(n)[integrations]
+            return np.unique(np.arange(n)[integrations])
         index = np.asarray(integrations)
         if index.dtype == bool:
             if index.shape != (n,):
@@ -310,49 +311,89 @@ class LRSObservation:
             )
         index = np.atleast_1d(index).astype(np.int64)
         if index.size and (index.min() < -n or index.max() >= n):
-            raise InputError(f"Integration index out of range for {n} integrations: {integrations!r}.")
-        return np.where(index < 0, index + n, index)
+            raise InputError(
+                f"Integration index out of range for {n} integrations: {integrations!r}; indices "
+                f"run from 0 to {n - 1} (or from -{n} counted from the end)."
+            )
+        return np.unique(np.where(index < 0, index + n, index))
 
     def _time_window(self, time: Any) -> np.ndarray:
+        """Indices of the integrations whose mid-time lies in the (start, end) window ``time``.
+
+        Numbers are BJD_TDB; an astropy ``Time`` in the TDB (or TCB) scale is
+        compared with the BJD_TDB mid-times, one in any other scale (UTC, TT,
+        TAI) with the MJD_UTC mid-times (a ``Time`` cannot know the light
+        travel time to the barycentre); a ``Quantity`` is a time since the
+        start of the first integration.
+        """
         from astropy import units as u
         from astropy.time import Time
 
-        if not isinstance(time, Sequence) or isinstance(time, str) or len(time) != 2:
+        if isinstance(time, Time) and time.shape == (2,):
+            time = (time[0], time[1])
+        if (
+            not isinstance(time, Sequence | np.ndarray)
+            or isinstance(time, str | bytes | Time)
+            or len(time) != 2
+        ):
             raise InputError(
                 f"time={time!r} must be a (start, end) pair: BJD_TDB values, astropy Times, or "
-                "Quantities counted from the first integration (e.g. (1 * u.hour, None))."
+                "Quantities counted from the start of the first integration "
+                "(e.g. time=(1 * u.hour, None)); None leaves an end open."
             )
         start = self.int_times["int_start_BJD_TDB"][0]
+        bjd = self.int_times["int_mid_BJD_TDB"]
+        mjd_utc = self.int_times["int_mid_MJD_UTC"]
 
-        def convert(value: Any, default: float) -> float:
-            if value is None:
-                return default
+        def convert(value: Any) -> tuple[float, np.ndarray]:
             if isinstance(value, Time):
-                return float(value.tdb.jd)
+                if value.ndim or value.size != 1:
+                    raise InputError(f"time={time!r}: {value!r} must be a single time.")
+                if value.scale in ("tdb", "tcb"):
+                    return float(value.tdb.jd), bjd
+                return float(value.utc.mjd), mjd_utc
             try:
                 if isinstance(value, u.Quantity):
-                    return float(start + value.to_value(u.day))
+                    return float(start + value.to_value(u.day)), bjd
                 if isinstance(value, bool | str | bytes):
                     raise TypeError(type(value).__name__)
-                return float(value)
+                return float(value), bjd
             except (TypeError, ValueError, u.UnitsError) as exc:
                 raise InputError(
                     f"time={time!r}: {value!r} is not a BJD_TDB value, an astropy Time or a time "
                     f"Quantity ({exc}); write e.g. time=(1 * u.hour, None)."
                 ) from None
 
-        t0 = convert(time[0], -np.inf)
-        t1 = convert(time[1], np.inf)
-        return np.flatnonzero((self.times >= t0) & (self.times <= t1))
+        keep = np.ones(self.nints, dtype=bool)
+        if time[0] is not None:
+            t0, column = convert(time[0])
+            keep &= column >= t0
+        if time[1] is not None:
+            t1, column = convert(time[1])
+            keep &= column <= t1
+        return np.flatnonzero(keep)
 
     def select(self, integrations: Any = None, time: Any = None) -> LRSObservation:
         """A new observation holding only some integrations, with every product kept consistent.
 
         ``integrations``: an int, a slice, integer indices or a boolean mask;
-        ``time``: a (start, end) window of mid-times, each a BJD_TDB value, an
-        astropy ``Time``, a ``Quantity`` counted from the first integration
-        (``time=(1 * u.hour, None)`` skips the first hour) or None (open).
-        Both may be given; the selection is recorded in the history.
+        ``time``: a (start, end) window of mid-times (ends included), each a
+        BJD_TDB value, an astropy ``Time`` (TDB: BJD_TDB; UTC and other
+        scales: compared with the MJD_UTC mid-times), a ``Quantity`` counted
+        from the start of the first integration (``time=(1 * u.hour, None)``
+        skips the first hour) or None (open).  Both may be given.  The kept
+        integrations stay in time order; times, integration numbers, products
+        and the truth follow them, and the selection is recorded in the
+        history (the kept integration numbers, as [first, last] runs).
+
+        Steps that work integration by integration (``wavelength_map``,
+        ``clean``, ``subtract_background``, box extraction) give the same
+        result whether a selection is made before or after them.  Steps that
+        use the time series as a whole do not: ``align`` measures shifts
+        against the median of the integrations it sees, optimal extraction
+        uses the time-median profile, and ``clean_time`` compares neighbours
+        in time; select before them what should shape them (e.g. drop the
+        settling ramp first).
         """
         t0 = perf_counter()
         index = np.arange(self.nints)
@@ -361,24 +402,39 @@ class LRSObservation:
         if time is not None:
             index = index[np.isin(index, self._time_window(time))]
         if index.size == 0:
-            raise InputError("This selection leaves no integration; widen it.")
-        return self._take(index, "select", t0)
+            raise InputError(
+                f"select(integrations={integrations!r}, time={time!r}) leaves no integration; "
+                f"this observation has {self.nints} integrations with mid-times BJD_TDB "
+                f"{self.times[0]:.6f} to {self.times[-1]:.6f}. Widen the selection."
+            )
+        params = {} if time is None else {"time": [None if v is None else str(v) for v in time]}
+        return self._take(index, "select", t0, params)
 
     def drop(self, integrations: Any) -> LRSObservation:
         """A new observation without the given integrations (indices, slice or mask)."""
         t0 = perf_counter()
         keep = np.setdiff1d(np.arange(self.nints), self._resolve(integrations))
         if keep.size == 0:
-            raise InputError("Dropping these integrations leaves none.")
+            raise InputError(
+                f"drop({integrations!r}) would leave none of the {self.nints} integrations; "
+                "drop fewer."
+            )
         return self._take(keep, "drop", t0)
 
     def __getitem__(self, integrations: Any) -> LRSObservation:
         if isinstance(integrations, tuple):
             raise InputError("Index an observation by integrations only, e.g. obs[100:].")
         t0 = perf_counter()
-        return self._take(self._resolve(integrations), "select", t0)
+        index = self._resolve(integrations)
+        if index.size == 0:
+            raise InputError(
+                f"obs[{integrations!r}] selects no integration of {self.nints}; widen it."
+            )
+        return self._take(index, "select", t0)
 
-    def _take(self, index: np.ndarray, step: str, t0: float) -> LRSObservation:
+    def _take(
+        self, index: np.ndarray, step: str, t0: float, params: dict[str, Any] | None = None
+    ) -> LRSObservation:
         changes: dict[str, Any] = {}
         for name in self.PER_INTEGRATION:
             value = getattr(self, name)
@@ -391,7 +447,7 @@ class LRSObservation:
         numbers = self.integration_numbers[index]
         record = StepRecord.create(
             step,
-            {"integration_numbers": _ranges(numbers)},
+            {"integration_numbers": _ranges(numbers), **(params or {})},
             diagnostics={"kept": int(index.size), "of": self.nints},
             duration_s=perf_counter() - t0,
         )
@@ -663,6 +719,139 @@ class LRSObservation:
         centre = float(position[0]) if np.isfinite(position[0]) else 36.0 + self.meta.col_offset
         return np.where(np.isfinite(tilt), tilt - anchor, 0.0) + centre
 
+    def clean_time(
+        self,
+        on: str = "pixels",
+        window: int = 11,
+        threshold: float = 4.0,
+        n_components: int = 3,
+        dq_bits_to_mask: Any = (0,),
+    ) -> LRSObservation:
+        """Replace outliers found against the running median of each value's neighbours in time.
+
+        The spatial :meth:`clean` judges a pixel within its own frame; this
+        step judges it within its own time series, which catches what a frame
+        cannot show, such as a moderate cosmic-ray hit on the peak of the
+        trace.  ``on="pixels"`` cleans the cube (run it after :meth:`clean`
+        and :meth:`subtract_background`, before :meth:`extract`);
+        ``on="spectra"`` cleans the extracted spectra, channel by channel.
+
+        Each value is compared with the median of the ``window`` integrations
+        centred on it (the value itself left out; 11: five on each side),
+        after dividing out the common mode (the white-light variation: transit,
+        ramps, steps, so a transit of any depth and ingress is followed, never
+        clipped) and fitting out the ``n_components`` time patterns shared by
+        the series that scatter more than their errors (pointing jitter).  A
+        value is replaced when it deviates by more than ``threshold`` times its
+        expected spread, from ``err`` (``flux_err``) or, where larger, the
+        series' own robust scatter; on Gaussian noise that is a fraction
+        ``2 * norm.sf(threshold)`` of good values (6e-5 at 4, 6e-7 at 5).
+        The replacement is the median of the neighbours (without replaced
+        values) and its error is that median's.  Pixels carrying
+        ``dq_bits_to_mask`` that :meth:`clean` has not replaced, NaN values
+        and values with an error that is not finite and positive are neither
+        used nor changed.  See :mod:`exomiri.steps.timeclean`.
+
+        Pixels get OUTLIER OR-ed into ``dq``.  The replacements near the trace
+        (within 4 columns; one per channel on spectra) are added to
+        ``outlier_counts``, per integration and row, which ``to_xarray`` and
+        ``light_curves`` report as ``n_outliers`` (a later :meth:`clean`
+        starts the counts afresh).  The history record's diagnostics hold the
+        totals.
+        """
+        from .steps import clean as clean_kernel
+        from .steps import timeclean as kernel
+        from .steps.extract import nanmedian
+
+        t0 = perf_counter()
+        choices = ("pixels", "spectra")
+        if not isinstance(on, str) or on not in choices:
+            raise InputError(
+                f"clean_time(on={on!r}) is not one of {', '.join(map(repr, choices))}: clean the "
+                "cube's pixels (before extract) or the extracted spectra."
+            )
+        window = kernel.check_window(window)
+        threshold = kernel.check_threshold(threshold)
+        n_components = kernel.check_components(n_components)
+        if self.nints < kernel.MIN_NEIGHBOURS + 1:
+            raise InputError(
+                f"clean_time() needs at least {kernel.MIN_NEIGHBOURS + 1} integrations to compare "
+                f"each with its neighbours; this observation has {self.nints}. Use clean() alone."
+            )
+        bits = dqflags.bit_numbers(dq_bits_to_mask)
+        counts = (
+            np.zeros((self.nints, self.shape[1], 5), np.int32)
+            if self.outlier_counts is None
+            else np.array(self.outlier_counts)
+        )
+        changes: dict[str, Any] = {}
+        if on == "pixels":
+            result = kernel.clean_series(
+                self.data,
+                self.err,
+                self.usable_mask(bits),
+                window=window,
+                threshold=threshold,
+                n_components=n_components,
+            )
+            replaced = result.replaced
+            near = clean_kernel.outlier_counts(replaced, self._trace_columns(result.values))
+            counts += near
+            changes.update(
+                data=result.values,
+                err=result.err,
+                dq=self.dq | (replaced.astype(np.uint32) * dqflags.OUTLIER),
+            )
+            n_near = int(near[..., -1].sum())
+            with np.errstate(invalid="ignore", divide="ignore"):
+                typical = nanmedian(np.where(self.err > 0, self.err, np.nan), axis=0)
+                ratio = result.scatter / typical
+        else:
+            self._require("spectra", "obs.extract()", "clean_time(on='spectra')")
+            spectra = self.spectra
+            with np.errstate(invalid="ignore"):
+                unusable = ~(np.isfinite(spectra.flux_err) & (spectra.flux_err > 0))
+            unusable |= ((spectra.quality & WavelengthQuality.NO_WAVELENGTH) != 0)[None, :]
+            result = kernel.clean_series(
+                spectra.flux,
+                spectra.flux_err,
+                unusable,
+                window=window,
+                threshold=threshold,
+                n_components=n_components,
+            )
+            replaced = result.replaced
+            counts[:, spectra.rows, :] += replaced[..., None].astype(np.int32)
+            changes["spectra"] = dataclasses.replace(
+                spectra, flux=result.values, flux_err=result.err
+            )
+            n_near = int(replaced.sum())
+            with np.errstate(invalid="ignore", divide="ignore"):
+                typical = nanmedian(np.where(unusable, np.nan, spectra.flux_err), axis=0)
+                ratio = result.scatter / typical
+        per_integration = replaced.reshape(self.nints, -1).sum(axis=1)
+        diagnostics = {
+            "replaced": int(replaced.sum()),
+            "replaced_fraction": float(replaced.mean()),
+            "replaced_near_trace": n_near,
+            "integrations_with_replacements": int(np.count_nonzero(per_integration)),
+            "most_in_one_integration": int(per_integration.max()),
+            "common_mode_range": [float(result.common_mode.min()), float(result.common_mode.max())],
+            "shared_patterns": int(result.basis.shape[1]),
+            "median_scatter_over_err": float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else None,
+        }
+        params = {
+            "on": on,
+            "window": window,
+            "threshold": threshold,
+            "n_components": n_components,
+            "dq_bits_to_mask": bits,
+        }
+        record = StepRecord.create(
+            "clean_time", params, diagnostics=diagnostics, duration_s=perf_counter() - t0
+        )
+        return self.replace(record, outlier_counts=counts, **changes)
+
     def subtract_background(
         self,
         method: str | type = "row_wise",
@@ -687,7 +876,7 @@ class LRSObservation:
         from .steps import background as kernel
 
         t0 = perf_counter()
-        info = get_method("background", method)
+        info = get_method("background", method, self.history)
         params = _check_params(info, method_params)
         if regions is None:
             regions = tuple(self._default_columns(r) for r in ((8, 17), (56, 72)))
@@ -754,7 +943,7 @@ class LRSObservation:
 
         t0 = perf_counter()
         self._require("wavelength", "obs.wavelength_map()", "extract")
-        info = get_method("extraction", method)
+        info = get_method("extraction", method, self.history)
         params = _check_params(info, method_params)
         profile_ok = self.profile is not None and self._last_index("clean") > self._last_index(
             "subtract_background"

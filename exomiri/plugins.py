@@ -19,11 +19,13 @@ error naming both distributions when selected) and leave the rest working.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -300,6 +302,7 @@ def reset() -> None:
     global _state
     with _lock:
         _state = None
+        _packages_distributions.cache_clear()
 
 
 def methods(kind: str) -> dict[str, MethodInfo]:
@@ -309,8 +312,13 @@ def methods(kind: str) -> dict[str, MethodInfo]:
     return dict(_get_state().methods[kind])
 
 
-def get_method(kind: str, method: str | type) -> MethodInfo:
-    """Resolve ``method=`` (a registered name, or a method class used directly)."""
+def get_method(kind: str, method: str | type, history: Sequence[Any] = ()) -> MethodInfo:
+    """Resolve ``method=`` (a registered name, or a method class used directly).
+
+    ``history``: the provenance records of the observation asking.  When no
+    method has the name but a record says which distribution supplied it,
+    the error names that ``distribution==version`` and how to install it.
+    """
     if isinstance(method, type):
         module = inspect.getmodule(method)
         dist = _distribution_of(module)
@@ -322,11 +330,7 @@ def get_method(kind: str, method: str | type) -> MethodInfo:
         )
     available = methods(kind)
     if method not in available:
-        raise UnknownMethodError(
-            f"No {kind} method named {method!r}. Known {kind} methods: "
-            f"{', '.join(sorted(available)) or 'none'}. Install the plugin that provides it, "
-            "or check the spelling."
-        )
+        raise UnknownMethodError(_unknown_message(kind, method, available, history))
     info = available[method]
     if info.conflicts:
         raise DuplicateMethodError(
@@ -336,11 +340,54 @@ def get_method(kind: str, method: str | type) -> MethodInfo:
     return info
 
 
+#: The step that uses each kind of method, as named in provenance records.
+_STEPS = {"background": "subtract_background", "extraction": "extract"}
+
+
+def _unknown_message(kind: str, method: str, available: dict, history: Sequence[Any]) -> str:
+    known = f"Known {kind} methods: {', '.join(sorted(available)) or 'none'}."
+    record = next(
+        (r for r in reversed(history) if r.step == _STEPS[kind] and r.method == method), None
+    )
+    if record is None:
+        return (
+            f"No {kind} method named {method!r}. {known} Install the plugin that provides it, "
+            "or check the spelling."
+        )
+    dist, version = record.provider, record.provider_version
+    if dist in ("local", "unknown", ""):
+        return (
+            f"No {kind} method named {method!r} is installed. This observation's history "
+            f"records it from a class passed directly, not from an installed distribution; "
+            f"pass that class again (method=TheClass). {known}"
+        )
+    wanted = f"{dist}=={version}" if version else dist
+    try:
+        installed = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return (
+            f"The {kind} method {method!r} is not installed. This observation's history "
+            f"records it from {wanted}; install that with: python -m pip install '{wanted}'. "
+            f"{known}"
+        )
+    return (
+        f"The {kind} method {method!r} is not loaded, although {dist}=={installed} is "
+        f"installed (this observation's history records {wanted}). Check the environment "
+        f"variables EXOMIRI_DISABLED_PLUGINS and EXOMIRI_LOAD_PLUGINS. {known}"
+    )
+
+
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level package -> distributions; scanning every installed distribution takes seconds."""
+    return metadata.packages_distributions()
+
+
 def _distribution_of(module: ModuleType | None) -> tuple[str, str]:
     if module is None:
         return ("local", "")
     top = module.__name__.split(".")[0]
-    for dist_name in metadata.packages_distributions().get(top, []):
+    for dist_name in _packages_distributions().get(top, []):
         try:
             return (dist_name, metadata.version(dist_name))
         except metadata.PackageNotFoundError:  # pragma: no cover
