@@ -92,9 +92,9 @@ def contract_observation(nints: int = CONTRACT_NINTS, seed: int = CONTRACT_SEED)
     No transit (``depth=0``), so the flux changes between integrations by
     noise and jitter only.  Cached: observations are immutable.
     """
-    from .simulate import simulate
+    import exomiri  # through the package: importing exomiri.simulate first would shadow it
 
-    return simulate(nints=nints, seed=seed, depth=0.0).wavelength_map()
+    return exomiri.simulate(nints=nints, seed=seed, depth=0.0).wavelength_map()
 
 
 @functools.cache
