@@ -6,6 +6,7 @@ sees and the test that proves it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -162,7 +163,7 @@ BAD_ARGUMENTS = [
     (lambda o, e: o.select(100), InputError, "out of range for 6 integrations"),
     (lambda o, e: o.select(time=("a", "b")), InputError, "time=.*'a' is not a BJD_TDB value"),
     (lambda o, e: o.select(time=5), InputError, r"\(start, end\) pair"),
-    (lambda o, e: o.drop(slice(None)), InputError, "leaves none"),
+    (lambda o, e: o.drop(slice(None)), InputError, "leave none"),
     (lambda o, e: o.save(5), InputError, r"save\(path=5\).*file name"),
     (lambda o, e: o.write("x", segments="2"), InputError, "segments='2'"),
     (lambda o, e: o.write("x", segments=0), InputError, "between 1 and 6"),
@@ -478,3 +479,248 @@ def test_segments_of_one_integration_stitch(tmp_path):
     np.testing.assert_array_equal(joined.data, cube.astype(np.float32))
     assert [(s.first, s.last) for s in joined.meta.segments] == [(1, 1), (2, 4), (5, 5), (6, 6)]
     assert _digest(paths) == before
+
+
+# ---------------------------------------------------------------------------
+# 5. sessions: interrupted saves, full disks, damaged files, old formats
+
+# A child process that writes a session of noise (slow to compress: ~1 s), either in
+# one save or integration chunk by chunk, to the path it is given.
+WRITER = """
+import sys
+import numpy as np
+from exomiri.io.hdf5 import SessionWriter
+from exomiri.observation import INT_TIMES_DTYPE, LRSObservation, ObservationMeta
+
+how, path, nints = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+shape = (nints, 416, 72)
+times = np.zeros(nints, INT_TIMES_DTYPE)
+times["integration_number"] = np.arange(1, nints + 1)
+obs = LRSObservation(
+    data=rng.standard_normal(shape, dtype=np.float32),
+    err=rng.random(shape, dtype=np.float32),
+    dq=rng.integers(0, 4, shape).astype(np.uint32),
+    int_times=times,
+    meta=ObservationMeta(nints=nints),
+)
+try:
+    if how == "save":
+        obs.save(path)
+    else:
+        with SessionWriter(path, nints=nints, meta=obs.meta) as writer:
+            for start in range(0, nints, 20):
+                writer.append(obs[start : start + 20])
+            writer.finish(obs)
+except OSError as exc:
+    print(type(exc).__name__, exc.errno, exc)
+    sys.exit(3)
+print("finished")
+"""
+
+
+def _small_session(folder):
+    obs = exomiri.simulate(nints=2, seed=1).wavelength_map()
+    path = obs.save(folder / "s.h5")
+    return Path(path), Path(path).read_bytes()
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != "s.h5")
+
+
+@pytest.mark.parametrize(
+    ("how", "min_bytes"),
+    [("save", 0), ("save", 3_000_000), ("chunks", 3_000_000)],
+    ids=["save-just-started", "save-mid-data", "chunked-mid-data"],
+)
+def test_a_killed_save_never_damages_the_previous_file(tmp_path, how, min_bytes):
+    """SIGKILL while the session is being written: the old file stays byte-identical,
+    and the only trace is one temporary file named after it, which is not a session."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, before = _small_session(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, how, str(path), "200"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert child.poll() is None, "the writer finished before it could be killed"
+        assert time.monotonic() < deadline, "the writer never started writing"
+        sizes = []
+        for p in tmp_path.glob(".s.h5.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):  # replaced between glob and stat
+                sizes.append(p.stat().st_size)
+        if sizes and max(sizes) >= min_bytes:
+            break
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    leftovers = _leftovers(tmp_path)
+    assert len(leftovers) == 1 and leftovers[0].startswith(".s.h5.") and leftovers[0].endswith(".tmp")
+    with pytest.raises(exomiri.SessionFormatError):
+        exomiri.load(tmp_path / leftovers[0])
+    assert exomiri.load(path).steps_done == ["wavelength_map"]
+
+
+class _SmallDisk:
+    """Stands in for ``open`` in exomiri.io.safefile: a disk that fills after ``capacity`` bytes."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+
+    def __call__(self, path, mode, buffering=-1):
+        import errno
+        import io
+        import os
+
+        capacity = self.capacity
+
+        class Full(io.FileIO):
+            def write(self, data):
+                room = capacity - self.tell()
+                if room <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return super().write(memoryview(data)[:room])  # a short write, then ENOSPC
+
+        return Full(path, "w+")
+
+
+@pytest.mark.parametrize("capacity", [0, 5_000, 200_000])
+def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_file(tmp_path, monkeypatch, capacity):
+    from exomiri.io import safefile
+    from exomiri.io.hdf5 import SessionWriter
+
+    path, before = _small_session(tmp_path)
+    obs = exomiri.simulate(nints=8, seed=2)
+    monkeypatch.setattr(safefile, "open", _SmallDisk(capacity), raising=False)
+    with pytest.raises(exomiri.SessionFormatError, match=r"Could not save .*s.h5: .*No space left on device.*untouched; free some space") as info:
+        obs.save(path)
+    assert info.value.errno == 28
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+    with (  # noqa: PT012
+        pytest.raises(exomiri.SessionFormatError, match="No space left"),
+        SessionWriter(path, nints=obs.nints, meta=obs.meta) as writer,
+    ):
+        for start in range(0, obs.nints, 2):
+            writer.append(obs[start : start + 2])
+        writer.finish(obs)
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    assert exomiri.load(obs.save(path)).nints == 8  # with room again, saving works
+
+
+def test_a_really_full_disk_does_not_crash_the_process(tmp_path):
+    """A tiny tmpfs (needs root): HDF5 itself meets ENOSPC.  Written in a child process so
+    that a crash (HDF5 can segfault on a file it failed to flush) shows as a failure."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tiny tmpfs needs root; the patched-disk test covers the logic")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        path, before = _small_session(disk)
+        for how in ("save", "chunks"):
+            child = subprocess.run(
+                [sys.executable, "-c", WRITER, how, str(path), "20"],
+                capture_output=True, text=True, timeout=120,
+            )
+            assert child.returncode == 3, (child.returncode, child.stdout[-2000:], child.stderr[-2000:])
+            assert "SessionFormatError 28" in child.stdout and "untouched" in child.stdout
+            assert path.read_bytes() == before and _leftovers(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_truncated_sessions_give_a_clear_error(tmp_path):
+    _, raw = _small_session(tmp_path)
+    damaged = tmp_path / "damaged.h5"
+    for fraction in np.linspace(0.0, 0.999, 12):
+        damaged.write_bytes(raw[: int(fraction * len(raw))])
+        with pytest.raises(exomiri.SessionFormatError, match=r"damaged.h5.*(truncated or damaged|not an exomiri session)"):
+            exomiri.load(damaged)
+
+
+SESSIONS = sorted((Path(__file__).parent / "data").glob("session-*.h5"))
+
+
+def _reference():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sessions", Path(__file__).parent / "data" / "make_sessions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build()
+
+
+def test_a_session_file_is_kept_for_the_current_format():
+    from exomiri.io.hdf5 import FORMAT_VERSION
+
+    assert f"session-{FORMAT_VERSION}.h5" in [p.name for p in SESSIONS]
+    assert all(p.stat().st_size < 100_000 for p in SESSIONS)  # small files only
+
+
+@pytest.mark.parametrize("path", SESSIONS, ids=[p.name for p in SESSIONS])
+def test_sessions_of_every_released_format_load_with_their_values(path):
+    import dataclasses
+
+    before = _digest([path])
+    loaded = exomiri.load(path)
+    expected = _reference()
+    assert _digest([path]) == before  # loading never writes
+    for f in dataclasses.fields(expected):
+        a, b = getattr(loaded, f.name), getattr(expected, f.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f.name
+        elif f.name in LOADED_PRODUCTS:
+            for name, value in b.arrays().items():
+                np.testing.assert_array_equal(getattr(a, name), value, err_msg=f"{f.name}.{name}")
+            assert a.scalars() == b.scalars(), f.name
+        elif f.name == "wcs":
+            assert a(2.0, 6.0)[-1] == pytest.approx(b(2.0, 6.0)[-1]) == pytest.approx(11.0)
+        else:
+            assert a == b, f.name
+    # and the chain goes on from it
+    assert loaded.select([0, 2]).integration_numbers.tolist() == [11, 13]
+
+
+LOADED_PRODUCTS = ("background", "spectra", "shifts", "truth")
+
+
+def test_older_minor_versions_go_through_their_migration(tmp_path, monkeypatch):
+    import h5py
+
+    from exomiri.io import hdf5
+
+    path = tmp_path / "old.h5"
+    path.write_bytes(SESSIONS[0].read_bytes())
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = "0.9"
+        del f["observation/trace"]  # what a 0.9 writer would not have stored
+    calls = []
+
+    def migrate(f):
+        calls.append(f.attrs["format_version"])
+        return {"trace": np.full(20, 3.5)}
+
+    monkeypatch.setitem(hdf5.MIGRATIONS, "0.9", migrate)
+    loaded = exomiri.load(path)
+    assert calls == ["0.9"]
+    np.testing.assert_array_equal(loaded.trace, np.full(20, 3.5))
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = "2.0"
+    with pytest.raises(exomiri.SessionFormatError, match=r"newer than this exomiri understands \(1.0\). Upgrade exomiri"):
+        exomiri.load(path)

@@ -26,6 +26,7 @@ from ..exceptions import SessionFormatError
 from ..observation import LRSObservation, ObservationMeta
 from ..products import PRODUCT_TYPES, Product
 from ..provenance import StepRecord, core_versions
+from .safefile import GuardedFile
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SessionWriter", "load", "save"]
 
@@ -174,11 +175,17 @@ def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     """
     target = Path(path)
     tmp = _temporary_beside(target)
+    fh = None
     try:
-        with h5py.File(tmp, "w") as f:
+        fh = GuardedFile(tmp)  # a failing disk must not leave HDF5 half-open (see safefile)
+        with h5py.File(fh, "w") as f:
             _write_session(f, obs)
+        fh.close()
+        fh.check(target)
         _commit(tmp, target)
     except BaseException:
+        if fh is not None:
+            fh.close()
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
@@ -216,7 +223,8 @@ class SessionWriter:
         if self.nints < 1:
             raise SessionFormatError(f"SessionWriter({path}): nints={nints} must be at least 1.")
         self._tmp = _temporary_beside(self.target)
-        self._file: h5py.File | None = h5py.File(self._tmp, "w")
+        self._fh = GuardedFile(self._tmp)
+        self._file: h5py.File | None = h5py.File(self._fh, "w")
         self._group = _write_root(self._file, meta)
         self._written = 0
         self._names: tuple[str, ...] | None = None
@@ -270,6 +278,9 @@ class SessionWriter:
                     "the first chunk had one; every chunk must carry the same cubes."
                 )
             self._group[name][self._written : stop] = value
+        if self._fh.error is not None:  # a full disk: stop at once
+            self.abort()
+            self._fh.check(self.target)
         self._written = stop
 
     def finish(self, obs: LRSObservation) -> str:
@@ -286,6 +297,8 @@ class SessionWriter:
             _write_rest(self._file, self._group, obs, skip=APPENDABLE)
             self._file.close()
             self._file = None
+            self._fh.close()
+            self._fh.check(self.target)
             _commit(self._tmp, self.target)
         except BaseException:
             self.abort()
@@ -297,6 +310,7 @@ class SessionWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._fh.close()
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
