@@ -281,6 +281,78 @@ def _clip(
         )
 
 
+def _fit_block_numpy(
+    design: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    usable: np.ndarray,
+    nmin: int,
+    sigma_clip: float | None,
+    max_iterations: int,
+    weighted: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit and clip series (rows of y) with whole-array operations.
+
+    Returns coefficients, ``(A^T W A)^-1``, the reduced chi-square of the kept
+    pixels (NaN without degrees of freedom) and whether a series had enough
+    usable pixels.
+    """
+    k = design.shape[1]
+    enough = usable.sum(axis=1) >= nmin
+    # zero weight for the rest: no fit, and no per-series fallback in batched_wls
+    keep = usable & enough[:, None]
+    coeffs, inverse, _ = batched_wls(design, y, w * keep)
+    if sigma_clip is not None and max_iterations > 0:
+        _clip(design, y, w, keep, coeffs, inverse, nmin, sigma_clip, max_iterations, weighted)
+    resid = y - coeffs @ design.T
+    chi2 = np.sum(w * keep * resid**2, axis=1)
+    dof = keep.sum(axis=1) - k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reduced = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+    return coeffs, inverse, reduced, enough
+
+
+def _fit_block(
+    design: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    usable: np.ndarray,
+    nmin: int,
+    sigma_clip: float | None,
+    max_iterations: int,
+    weighted: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_fit_block_numpy` by the compiled per-series kernel when numba is there.
+
+    The kernel (:mod:`exomiri.steps._jit_background`) runs the same algorithm
+    one series at a time, about ten times faster; its sums run in another
+    order, so results agree with the numpy code to float64 rounding.  Series
+    it cannot fit (an exactly singular normal matrix) are refitted here.
+    """
+    try:
+        from ..steps._jit_background import fit_series
+    except ImportError:  # pragma: no cover - numba missing
+        return _fit_block_numpy(design, y, w, usable, nmin, sigma_clip, max_iterations, weighted)
+    coeffs, inverse, reduced, enough, fallback = fit_series(
+        np.ascontiguousarray(design),
+        np.ascontiguousarray(y),
+        np.ascontiguousarray(w),
+        np.ascontiguousarray(usable),
+        int(nmin),
+        np.inf if sigma_clip is None else float(sigma_clip),
+        int(max_iterations),
+        bool(weighted),
+        sigma_clip is not None,
+    )
+    if fallback.any():
+        rows = np.flatnonzero(fallback)
+        part = _fit_block_numpy(
+            design, y[rows], w[rows], usable[rows], nmin, sigma_clip, max_iterations, weighted
+        )
+        coeffs[rows], inverse[rows], reduced[rows], enough[rows] = part
+    return coeffs, inverse, reduced, enough
+
+
 def _polynomial_background(
     frames: BackgroundInput,
     order: int,
@@ -343,18 +415,9 @@ def _polynomial_background(
                 w = np.where(usable, 1.0 / err.reshape(nb * nrows, m) ** 2, 0.0)
         else:
             w = usable.astype(np.float64)
-        enough = usable.sum(axis=1) >= nmin
-        # zero weight for the rest: no fit, and no per-series fallback in batched_wls
-        keep = usable & enough[:, None]
-        coeffs, inverse, _ = batched_wls(design, y, w * keep)
-        if sigma_clip is not None and max_iterations > 0:
-            _clip(design, y, w, keep, coeffs, inverse, nmin, sigma_clip, max_iterations, weighted)
-
-        resid = y - coeffs @ design.T
-        chi2 = np.sum(w * keep * resid**2, axis=1)
-        dof = keep.sum(axis=1) - k
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reduced = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+        coeffs, inverse, reduced, enough = _fit_block(
+            design, y, w, usable, nmin, sigma_clip, max_iterations, weighted
+        )
         if sigma_clip is not None and max_iterations > 0:
             # Kept pixels lie within +-sigma_clip sigma: undo the truncation.
             reduced = reduced / _truncated_variance(sigma_clip)
