@@ -45,3 +45,26 @@ def test_background_fit_kernel_matches_numpy(order, weighted, sigma_clip, iterat
     np.testing.assert_allclose(fast[1][ok], slow[1][ok], rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(fast[2][ok], slow[2][ok], rtol=1e-9)
     assert np.array_equal(np.isnan(fast[2][ok]), np.isnan(slow[2][ok]))
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_subtract_kernel_matches_the_model_cubes(rows):
+    from exomiri.products import BackgroundModel
+    from exomiri.steps._jit_background import subtract_model
+
+    rng = np.random.default_rng(rows)
+    data = rng.normal(100, 10, (3, 6, 9)).astype(np.float32)
+    err = rng.uniform(1, 2, data.shape).astype(np.float32)
+    err[0, 0, 0], err[1, 2, 3], data[2, 1, 1] = np.nan, 0.0, np.nan
+    basis = legendre_design(np.arange(9.0), 1)
+    a = rng.normal(0, 1, (3, rows, 2, 2))
+    model = BackgroundModel(
+        basis=basis, coeffs=rng.normal(5, 1, (3, rows, 2)), cov=a @ a.transpose(0, 1, 3, 2)
+    )
+    out, err_out = subtract_model(data, err, model.coeffs, model.cov, basis)
+    expected = (data - model.evaluate()).astype(np.float32)
+    expected_err = np.sqrt(err.astype(np.float64) ** 2 + model.variance()).astype(np.float32)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert np.isnan(out[2, 1, 1])
+    np.testing.assert_allclose(err_out[err > 0], expected_err[err > 0], rtol=1e-6)
+    assert np.isnan(err_out[0, 0, 0]) and np.isnan(err_out[1, 2, 3])

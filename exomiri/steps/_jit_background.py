@@ -300,3 +300,35 @@ def _fit_one(
             nkept += 1
     dof = nkept - k
     reduced[s] = chi2 / max(dof, 1) if dof > 0 else np.nan
+
+
+@njit(cache=True)
+def subtract_model(data, err, coeffs, cov, basis):
+    """``data - background`` and ``sqrt(err**2 + variance)`` (float32) in one pass;
+    NaN error where ``err`` is not finite and positive.
+
+    ``coeffs`` (n, nrows or 1, k), ``cov`` (n, nrows or 1, k, k), ``basis``
+    (ncols, k): the :class:`~exomiri.products.BackgroundModel` evaluated
+    pixel by pixel, in float64, without the (n, nrows, ncols) float64
+    temporaries of ``evaluate()`` and ``variance()``.
+    """
+    n, nrows, ncols = data.shape
+    k = basis.shape[1]
+    one_row = coeffs.shape[1] == 1
+    out = np.empty(data.shape, dtype=np.float32)
+    err_out = np.empty(data.shape, dtype=np.float32)
+    for i in range(n):
+        for r in range(nrows):
+            rr = 0 if one_row else r
+            for c in range(ncols):
+                level = 0.0
+                variance = 0.0
+                for p in range(k):
+                    level += coeffs[i, rr, p] * basis[c, p]
+                    for q in range(k):
+                        variance += basis[c, p] * cov[i, rr, p, q] * basis[c, q]
+                out[i, r, c] = np.float64(data[i, r, c]) - level
+                e = np.float64(err[i, r, c])
+                # an unusable error (not finite and positive) stays unusable
+                err_out[i, r, c] = math.sqrt(e * e + variance) if e > 0 and e < np.inf else np.nan
+    return out, err_out

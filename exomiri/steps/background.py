@@ -242,20 +242,29 @@ def subtract(
             f"subtract needs data and err of one (nints, nrows, ncols) shape; got "
             f"{data.shape} and {err.shape}."
         )
-    background = model.evaluate(index)
-    variance = model.variance(index)
     nints, nrows, ncols = data.shape
-    if (
-        background.shape[0] != nints
-        or background.shape[1] not in (1, nrows)
-        or background.shape[2] != ncols
-    ):
+    coeffs, cov = model.coeffs[index], model.cov[index]
+    if coeffs.shape[0] != nints or coeffs.shape[1] not in (1, nrows) or model.basis.shape[0] != ncols:
         raise InputError(
-            f"The background model gives {background.shape} for these integrations but the "
-            f"data are {data.shape}; estimate the model on the same frames (and index)."
+            f"The background model gives {(coeffs.shape[0], coeffs.shape[1], model.basis.shape[0])} "
+            f"for these integrations but the data are {data.shape}; estimate the model on the "
+            "same frames (and index)."
         )
-    with np.errstate(invalid="ignore"):
-        out = (data.astype(np.float64) - background).astype(np.float32)
-        err_out = np.sqrt(err.astype(np.float64) ** 2 + variance).astype(np.float32)
-        err_out[~(np.isfinite(err) & (err > 0))] = np.nan
-    return out, err_out
+    try:
+        from ._jit_background import subtract_model
+    except ImportError:  # pragma: no cover - numba missing
+        background = model.evaluate(index)
+        variance = model.variance(index)
+        with np.errstate(invalid="ignore"):
+            out = (data.astype(np.float64) - background).astype(np.float32)
+            err_out = np.sqrt(err.astype(np.float64) ** 2 + variance).astype(np.float32)
+            err_out[~(np.isfinite(err) & (err > 0))] = np.nan
+        return out, err_out
+    # One pass over the pixels (numba), without float64 background and variance cubes.
+    return subtract_model(
+        np.ascontiguousarray(data),
+        np.ascontiguousarray(err),
+        np.ascontiguousarray(coeffs, dtype=np.float64),
+        np.ascontiguousarray(cov, dtype=np.float64),
+        np.ascontiguousarray(model.basis, dtype=np.float64),
+    )
