@@ -31,6 +31,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from ..exceptions import InputError
+
 __all__ = ["cross_dispersion_profiles", "measure_shifts", "resample"]
 
 
@@ -304,7 +306,9 @@ def measure_shifts(
     if y_all.ndim == 1:
         y_all = y_all[None, :]
     if y_all.ndim != 2:
-        raise ValueError(f"series must be 2-D (n, m), got shape {np.shape(series)}")
+        raise InputError(
+            f"series must be 2-D (n, m), got shape {np.shape(series)}; pass one series per row."
+        )
     n, m = y_all.shape
     shift = np.full(n, np.nan)
     shift_err = np.full(n, np.nan)
@@ -319,7 +323,9 @@ def measure_shifts(
     else:
         tmpl = np.asarray(template, dtype=np.float64).reshape(-1)
         if tmpl.size != m:
-            raise ValueError(f"template has {tmpl.size} points, series rows have {m}")
+            raise InputError(
+                f"template has {tmpl.size} points, series rows have {m}; they must match."
+            )
 
     if weights is None:
         w_all = np.ones((n, m))
@@ -327,7 +333,10 @@ def measure_shifts(
     else:
         w_all = np.asarray(weights, dtype=np.float64)
         if w_all.shape != (n, m):
-            raise ValueError(f"weights shape {w_all.shape} differs from series shape {(n, m)}")
+            raise InputError(
+                f"weights shape {w_all.shape} differs from series shape {(n, m)}; pass one "
+                "weight per pixel (or None)."
+            )
         scale_errors = False
     data_ok = np.isfinite(y_all) & np.isfinite(w_all) & (w_all > 0)
     w_all = np.where(data_ok, w_all, 0.0)
@@ -517,7 +526,10 @@ def cross_dispersion_profiles(
     """
     cube = np.asarray(data)
     if cube.ndim != 3:
-        raise ValueError(f"data must be 3-D (nints, nrows, ncols), got shape {cube.shape}")
+        raise InputError(
+            f"data must be 3-D (nints, nrows, ncols), got shape {cube.shape}; pass a frame "
+            "as data[None]."
+        )
     sub = np.asarray(cube[:, rows[0] : rows[1], columns[0] : columns[1]], dtype=np.float64)
     n = sub.shape[0]
     finite = np.isfinite(sub)
@@ -577,11 +589,11 @@ def resample(
     """
     f = np.asarray(flux)
     if f.ndim != 2:
-        raise ValueError(f"flux must be 2-D (n, m), got shape {f.shape}")
+        raise InputError(f"flux must be 2-D (n, m), got shape {f.shape}; pass one spectrum per row.")
     n, m = f.shape
     s = np.asarray(shifts, dtype=np.float64).reshape(-1)
     if s.size != n:
-        raise ValueError(f"{s.size} shifts for {n} series")
+        raise InputError(f"{s.size} shifts for {n} series; pass one shift per series.")
     dtype = np.result_type(f.dtype, np.float64)
     pos = np.arange(m, dtype=np.float64)[None, :] + s[:, None]
     inside = (pos >= 0) & (pos <= m - 1)  # False for NaN shifts too
@@ -612,7 +624,7 @@ def resample(
     if flux_err is not None:
         e = np.asarray(flux_err)
         if e.shape != f.shape:
-            raise ValueError(f"flux_err shape {e.shape} differs from flux shape {f.shape}")
+            raise InputError(f"flux_err shape {e.shape} differs from flux shape {f.shape}; they must match.")
         err_out = propagate(e)
         err_out[~inside] = np.nan
     return out, err_out

@@ -261,9 +261,10 @@ def subtract(
             err_out[~(np.isfinite(err) & (err > 0))] = np.nan
         return out, err_out
     # One pass over the pixels (numba), without float64 background and variance cubes.
+    # numba compiles for native byte order only (FITS arrays are big-endian).
     return subtract_model(
-        np.ascontiguousarray(data),
-        np.ascontiguousarray(err),
+        np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("=")),
+        np.ascontiguousarray(err, dtype=err.dtype.newbyteorder("=")),
         np.ascontiguousarray(coeffs, dtype=np.float64),
         np.ascontiguousarray(cov, dtype=np.float64),
         np.ascontiguousarray(model.basis, dtype=np.float64),
