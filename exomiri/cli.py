@@ -548,10 +548,14 @@ def demo(nints: int, seed: int, out: str) -> None:
     reduced = run_chain(obs)
     for record in reduced.history:
         click.echo(f"  {record.step:<20s} {record.method or '':<10s} {record.duration_s:6.2f} s")
+    t1 = time.perf_counter()
     session = reduced.save(folder / "demo_session.h5")
-    click.echo(f"session     {session}")
+    click.echo(f"session     {session}  ({time.perf_counter() - t1:.1f} s)")
+    t1 = time.perf_counter()
     figures = _write_figures(reduced, folder)
-    click.echo(f"figures     {', '.join(p.name for p in figures)}")
+    click.echo(
+        f"figures     {', '.join(p.name for p in figures)}  ({time.perf_counter() - t1:.1f} s)"
+    )
 
     truth = reduced.truth
     edges = np.arange(5.0, 12.0 + 1e-9, 0.5)
@@ -600,24 +604,50 @@ _config_option = click.option(
     help="Session file to write (.h5).",
 )
 @_config_option
-def reduce(segments: tuple[str, ...], output: str, config_path: str | None) -> None:
+@click.option(
+    "--chunks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Reduce this many integrations at a time, in bounded memory (exomiri.reduce). "
+    "Default: the whole observation in memory.",
+)
+def reduce(
+    segments: tuple[str, ...], output: str, config_path: str | None, chunks: int | None
+) -> None:
     """Run the chain on *_rateints.fits SEGMENTS (files or glob patterns) and save the session.
 
     Without --config the default chain runs: wavelength_map, clean, subtract_background
     (col_wise), clean, extract (optimal), align; `exomiri config` prints it as TOML.
+    With --chunks the cubes go to the session chunk by chunk and only the small products stay
+    in memory; the results equal the in-memory chain's (optimal spectra to about 1e-5).
     """
     import exomiri
 
     config = load_config(config_path)  # checked before the long part
+    plan = config.plan()
     t0 = time.perf_counter()
-    obs = exomiri.open(list(segments))
-    click.echo(
-        f"read {obs} from {len(obs.meta.segments)} segment(s) in {time.perf_counter() - t0:.1f} s",
-        err=True,
-    )
-    obs = run_plan(obs, config.plan(), _progress)
-    path = obs.save(output)
-    click.echo(f"session {path}: {len(obs.history)} steps in {time.perf_counter() - t0:.1f} s")
+    if chunks is not None:
+        click.echo(f"reducing in chunks of {chunks} integrations", err=True)
+        reduction = exomiri.reduce(
+            list(segments), output, chunks=chunks, steps=[(p.step, p.params) for p in plan]
+        )
+        for i, record in enumerate(reduction.history, 1):
+            click.echo(
+                f"[{i}/{len(plan)}] {record.step:<20s} {record.method or '':<10s} "
+                f"{record.duration_s:7.2f} s",
+                err=True,
+            )
+        steps, path = len(reduction.history), reduction.session
+    else:
+        obs = exomiri.open(list(segments))
+        click.echo(
+            f"read {obs} from {len(obs.meta.segments)} segment(s) in "
+            f"{time.perf_counter() - t0:.1f} s",
+            err=True,
+        )
+        obs = run_plan(obs, plan, _progress)
+        steps, path = len(obs.history), obs.save(output)
+    click.echo(f"session {path}: {steps} steps in {time.perf_counter() - t0:.1f} s")
 
 
 @main.command()
