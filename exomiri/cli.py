@@ -594,6 +594,18 @@ _config_option = click.option(
 )
 
 
+def _check_output(path: str, option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output path whose folder is missing (or suffix wrong) before any long work."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise InputError(
+            f"{option} {path}: the folder {target.parent} does not exist; create it or write "
+            "somewhere else."
+        )
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise InputError(f"{option} {path}: use a file name ending in {' or '.join(suffixes)}.")
+
+
 @main.command()
 @click.argument("segments", nargs=-1, required=True)
 @click.option(
@@ -624,6 +636,7 @@ def reduce(
     import exomiri
 
     config = load_config(config_path)  # checked before the long part
+    _check_output(output, "-o")
     plan = config.plan()
     t0 = time.perf_counter()
     if chunks is not None:
@@ -679,6 +692,8 @@ def resume(
     import exomiri
 
     config = load_config(config_path)
+    if output is not None:
+        _check_output(output, "-o")
     t0 = time.perf_counter()
     obs = exomiri.load(session)
     plan, notes = resume_plan(obs, from_step, config, session)
@@ -795,6 +810,7 @@ def export(
     import exomiri
     from exomiri.lightcurves import export as export_light_curves
 
+    _check_output(target, "--to", (".nc", ".ecsv"))
     chosen = [
         name
         for name, v in (

@@ -181,9 +181,13 @@ def test_reduce_in_chunks_gives_the_in_memory_result(segments, tmp_path):
     assert "align must be the last step" in line
 
 
-def test_reduce_names_a_missing_segment(tmp_path):
+def test_reduce_names_a_missing_segment_or_output_folder(segments, tmp_path):
     line = fails("reduce", tmp_path / "nope_rateints.fits", "-o", tmp_path / "x.h5")
     assert "nope_rateints.fits: no such file" in line
+    result = invoke("reduce", *segments, "-o", tmp_path / "absent" / "x.h5")
+    assert result.exit_code == 2
+    assert "-o " in result.stderr and "does not exist" in result.stderr
+    assert "[1/6]" not in result.stderr  # refused before the chain ran
 
 
 def test_the_printed_default_configuration_is_the_default_chain(segments, session, tmp_path):
@@ -346,7 +350,11 @@ def test_export_refuses_two_binnings_and_unknown_formats(session, tmp_path):
         "export", session, "--to", tmp_path / "x.nc", "--pixels", "4", "--resolution", "10"
     )
     assert result.exit_code == 2 and "Give one of" in result.stderr
-    assert "use a .nc or .ecsv file name" in fails("export", session, "--to", tmp_path / "x.csv")
+    assert "use a file name ending in .nc or .ecsv" in fails(
+        "export", session, "--to", tmp_path / "x.csv"
+    )
+    line = fails("export", session, "--to", tmp_path / "absent" / "x.nc")
+    assert f"the folder {tmp_path / 'absent'} does not exist" in line
     assert "--bin-width -1.0 must be a positive width" in fails(
         "export", session, "--to", tmp_path / "x.nc", "--bin-width", "-1"
     )
