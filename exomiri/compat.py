@@ -762,8 +762,9 @@ class AlignSpectraStep(_Step):
     :meth:`~exomiri.LRSObservation.align`.
 
     Intended differences: shifts come from a weighted least-squares fit of
-    the interpolated template (the reference's cross-correlation peak comes
-    out 25-40% low on smooth spectra) and ignore NaN; re-alignment propagates
+    the interpolated template (the reference's parabola through the
+    cross-correlation peak has been measured 25-40% low on smooth,
+    featureless spectra) and ignore NaN; re-alignment propagates
     the errors through the interpolation (the reference interpolates them
     like fluxes) and gives NaN where it would extrapolate.
     """
