@@ -48,6 +48,8 @@ __all__ = [
 
 #: The steps a configuration file may name, in chain order.
 STEPS = ("wavelength_map", "clean", "subtract_background", "extract", "align")
+#: Tables a configuration may hold: the steps, and ``select`` (which integrations to keep).
+TABLES = ("select", *STEPS)
 #: Steps that change the cube: a session holds only the latest cube, so they cannot be re-run.
 CUBE_STEPS = frozenset({"clean", "subtract_background"})
 #: Steps whose ``method`` is a registered plugin method, and the method kind.
@@ -84,7 +86,10 @@ _DEFAULT_PARAMS = dict(DEFAULT_CHAIN)
 #: Parameters a step records for information only; they are not arguments of the verb.
 _RECORD_ONLY = {"wavelength_map": {"calibration", "reference"}}
 #: What a parameter left at None means, for the TOML listing.
-_NONE_MEANS = {"smoothing_length": "no smoothing"}
+_NONE_MEANS = {"smoothing_length": "no smoothing", "integrations": "all"}
+#: Parameters of the ``[select]`` table: an index range [start, stop) of the integrations as
+#: read, hours to skip at the start (the detector settles), and indices of integrations to drop.
+_SELECT_PARAMS: dict[str, Any] = {"integrations": None, "skip_hours": 0.0, "drop": []}
 
 
 # ------------------------------------------------------------------ the chain
@@ -121,6 +126,8 @@ def _method_parameters(step: str, method: str) -> dict[str, Any]:
 
 def _accepted(step: str, method: str | None) -> dict[str, Any]:
     """Every parameter ``step`` accepts with ``method``, and its default."""
+    if step == "select":
+        return dict(_SELECT_PARAMS)
     params = _verb_parameters(step)
     params.update(_DEFAULT_PARAMS.get(step, {}))
     if step in METHOD_KINDS and method is not None:
@@ -136,7 +143,8 @@ def run_plan(
     """Run ``plan`` on ``obs`` and return the new observation.
 
     ``progress(i, n, planned, obs, seconds)`` is called before each step
-    (``seconds`` None) and after it (with the step's duration).
+    (``seconds`` None), after it (with the step's duration), and when it
+    fails (``obs`` None, ``seconds`` -1).
     """
     n = len(plan)
     for i, planned in enumerate(plan, 1):
@@ -147,6 +155,8 @@ def run_plan(
             obs = _apply(obs, planned)
         except Exception as exc:
             exc.add_note(f"in step {i}/{n} {planned.step} (parameters from {planned.origin})")
+            if progress is not None:
+                progress(i, n, planned, None, -1.0)
             raise
         if progress is not None:
             progress(i, n, planned, obs, time.perf_counter() - t0)
@@ -155,12 +165,35 @@ def run_plan(
 
 def _apply(obs, planned: PlannedStep):
     if planned.step == "select":
+        return obs.select(_selection(obs, planned.params))
+    return getattr(obs, planned.step)(**planned.params)
+
+
+def _selection(obs, params: dict[str, Any]) -> np.ndarray:
+    """The integrations a ``select`` step keeps, as a boolean mask."""
+    if "integration_numbers" in params:  # a recorded selection: [first, last] runs of numbers
         numbers = obs.integration_numbers
         keep = np.zeros(obs.nints, dtype=bool)
-        for first, last in planned.params["integration_numbers"]:
+        for first, last in params["integration_numbers"]:
             keep |= (numbers >= first) & (numbers <= last)
-        return obs.select(keep)
-    return getattr(obs, planned.step)(**planned.params)
+        return keep
+    keep = np.ones(obs.nints, dtype=bool)
+    if params.get("integrations") is not None:
+        start, stop = params["integrations"]
+        keep[:] = False
+        keep[slice(start, stop)] = True
+    drop = np.asarray(params.get("drop") or [], dtype=np.int64)
+    if drop.size and (drop.min() < 0 or drop.max() >= obs.nints):
+        raise InputError(
+            f"[select] drop = {drop.tolist()}: indices must lie in 0..{obs.nints - 1} (the "
+            "integrations as read, counted from 0)."
+        )
+    keep[drop] = False
+    skip = float(params.get("skip_hours") or 0.0)
+    if skip > 0:
+        start_time = obs.int_times["int_start_BJD_TDB"][0]
+        keep &= obs.times >= start_time + skip / 24.0
+    return keep
 
 
 def run_chain(obs):
@@ -219,6 +252,29 @@ def _type_problem(default: Any, value: Any) -> str | None:
     return None
 
 
+def _check_select(path: str, table: dict[str, Any]) -> None:
+    integrations = table.get("integrations")
+    if integrations is not None and not (
+        isinstance(integrations, list)
+        and len(integrations) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in integrations)
+    ):
+        raise InputError(
+            f"{path}: [select] integrations = {integrations!r} must be [start, stop], integer "
+            "indices of the integrations as read (stop excluded), e.g. integrations = [100, 5000]."
+        )
+    drop = table.get("drop", [])
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in drop):
+        raise InputError(
+            f"{path}: [select] drop = {drop!r} must be a list of integer indices, e.g. drop = [3, 17]."
+        )
+    if table.get("skip_hours", 0.0) < 0:
+        raise InputError(
+            f"{path}: [select] skip_hours = {table['skip_hours']!r} must be >= 0 (hours skipped "
+            "at the start of the observation)."
+        )
+
+
 def _check_table(path: str, step: str, table: dict[str, Any]) -> None:
     method = table.get("method", _DEFAULT_PARAMS.get(step, {}).get("method"))
     if step in METHOD_KINDS:
@@ -248,6 +304,8 @@ def _check_table(path: str, step: str, table: dict[str, Any]) -> None:
                 f"{path}: [{step}] {key} = {value!r} should be {problem} "
                 f"(default {_toml_value(accepted[key])})."
             )
+    if step == "select":
+        _check_select(path, table)
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -256,7 +314,9 @@ def load_config(path: str | Path | None = None) -> Config:
     Top-level key ``chain`` (optional): the steps in order.  One table per
     step (``[wavelength_map]``, ``[clean]``, ``[subtract_background]``,
     ``[extract]``, ``[align]``) holds that step's parameters, applied to every
-    occurrence of the step.  Unknown tables, unknown parameters and values of
+    occurrence of the step.  An optional ``[select]`` table (``integrations``,
+    ``skip_hours``, ``drop``) keeps some integrations; it runs first unless
+    ``chain`` places ``"select"`` elsewhere.  Unknown tables, unknown parameters and values of
     the wrong type are refused with an :class:`~exomiri.InputError` naming
     the file, the table and the key.
     """
@@ -273,20 +333,20 @@ def load_config(path: str | Path | None = None) -> Config:
     if (
         not isinstance(chain, list)
         or not chain
-        or not all(isinstance(s, str) and s in STEPS for s in chain)
+        or not all(isinstance(s, str) and s in TABLES for s in chain)
     ):
         raise InputError(
             f"{path}: chain = {chain!r} must be a non-empty list of step names from "
-            f"{', '.join(STEPS)}, e.g. chain = {_toml_value([s for s, _ in DEFAULT_CHAIN])}."
+            f"{', '.join(TABLES)}, e.g. chain = {_toml_value([s for s, _ in DEFAULT_CHAIN])}."
         )
     tables: dict[str, dict[str, Any]] = {}
     for name, table in data.items():
-        if name not in STEPS:
-            close = difflib.get_close_matches(name, STEPS, n=1)
+        if name not in TABLES:
+            close = difflib.get_close_matches(name, TABLES, n=1)
             hint = f" Did you mean [{close[0]}]?" if close else ""
             raise InputError(
                 f"{path}: unknown table or key {name!r}.{hint} A configuration holds 'chain' "
-                f"and the tables {', '.join(f'[{s}]' for s in STEPS)}."
+                f"and the tables {', '.join(f'[{s}]' for s in TABLES)}."
             )
         if not isinstance(table, dict):
             raise InputError(
@@ -295,6 +355,8 @@ def load_config(path: str | Path | None = None) -> Config:
             )
         _check_table(path, name, table)
         tables[name] = table
+    if "select" in tables and "select" not in chain:
+        chain = ["select", *chain]
     return Config(chain=tuple(chain), tables=tables, path=path)
 
 
@@ -321,7 +383,17 @@ def default_config_text(config: Config | None = None) -> str:
         "# Each table applies to every occurrence of its step; every key is optional.",
         f"chain = {_toml_value(list(config.chain))}",
     ]
-    for step in STEPS:
+    if "select" not in config.chain:
+        lines += [
+            "",
+            "# [select]              (optional: which integrations to keep; runs first)",
+            "# integrations = [100, 5000]   # index range [start, stop) of the integrations as read",
+            "# skip_hours = 1.0             # skip the first hour",
+            "# drop = [3, 17]               # indices of integrations to drop",
+        ]
+    for step in TABLES:
+        if step == "select" and "select" not in config.chain:
+            continue
         params = config.params_for(step, _DEFAULT_PARAMS.get(step, {}))
         accepted = _accepted(step, params.get("method"))
         lines += ["", f"[{step}]"]
@@ -414,7 +486,7 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
     config = config or Config()
     history = obs.history
     done = [r.step for r in history if r.step in STEPS]
-    chain = list(config.chain)
+    chain = [s for s in config.chain if s in STEPS]
     remainder = chain[len(done) :] if done == chain[: len(done)] else []
     n = len(history)
 
@@ -498,6 +570,9 @@ def _progress(i: int, n: int, planned: PlannedStep, obs: Any, seconds: float | N
     """One stderr line per step: its number, name and method, then duration and diagnostics."""
     if seconds is None:
         click.echo(f"[{i}/{n}] {planned.step:<20s} {planned.method or '':<10s}", err=True, nl=False)
+        return
+    if obs is None:
+        click.echo(" failed", err=True)
         return
     record = obs.history[-1]
     shown = []
@@ -640,6 +715,11 @@ def reduce(
     plan = config.plan()
     t0 = time.perf_counter()
     if chunks is not None:
+        if "select" in config.chain:
+            raise InputError(
+                f"{config_path}: [select] cannot be combined with --chunks; reduce in memory, "
+                "or select integrations afterwards."
+            )
         click.echo(f"reducing in chunks of {chunks} integrations", err=True)
         reduction = exomiri.reduce(
             list(segments), output, chunks=chunks, steps=[(p.step, p.params) for p in plan]

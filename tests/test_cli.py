@@ -14,7 +14,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 import exomiri
-from exomiri.cli import DEFAULT_CHAIN, Config, load_config, main, run_chain
+from exomiri.cli import DEFAULT_CHAIN, Config, load_config, main, run_chain, run_plan
 from exomiri.lightcurves import bin_spectra, fit_depth
 
 NINTS = 24
@@ -162,6 +162,49 @@ def test_a_bad_configuration_is_refused_before_reading_the_data(tmp_path, text, 
     assert str(config) in line
     assert re.search(expected, line), line
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_select_table_keeps_the_chosen_integrations_first(segments, tmp_path):
+    config = write(
+        tmp_path, "[select]\nintegrations = [2, 22]\ndrop = [5, 6]\n[extract]\nmethod = 'box'\n"
+    )
+    out = tmp_path / "selected.h5"
+    result = ok("reduce", *segments, "-o", out, "--config", config)
+    assert "[1/7] select" in result.stderr
+    obs = exomiri.load(out)
+    assert obs.steps_done[:2] == ["select", "wavelength_map"]
+    expected = [n for n in range(3, 23) if n not in (6, 7)]  # 1-based integration numbers
+    np.testing.assert_array_equal(obs.integration_numbers, expected)
+    reference = exomiri.open(segments).select(
+        np.isin(np.arange(NINTS), np.arange(2, 22)) & ~np.isin(np.arange(NINTS), [5, 6])
+    )
+    reference = run_plan(reference, load_config(config).plan()[1:])
+    np.testing.assert_array_equal(obs.spectra.flux, reference.spectra.flux)
+
+    # skip_hours cuts on the integration start times
+    full = exomiri.open(segments)
+    hours = float((full.times[8] - full.int_times["int_start_BJD_TDB"][0]) * 24)
+    skip = write(
+        tmp_path,
+        f"chain = ['select', 'wavelength_map']\n[select]\nskip_hours = {hours}\n",
+        "skip.toml",
+    )
+    ok("reduce", *segments, "-o", tmp_path / "skip.h5", "--config", skip)
+    assert exomiri.load(tmp_path / "skip.h5").integration_numbers[0] == 9
+
+    bad = write(tmp_path, "[select]\ndrop = [99]\n", "bad.toml")
+    assert "[select] drop = [99]: indices must lie in 0..23" in fails(
+        "reduce", *segments, "-o", tmp_path / "x.h5", "--config", bad
+    )
+    bad = write(tmp_path, "[select]\nintegrations = [1]\n", "bad2.toml")
+    assert "must be [start, stop]" in fails(
+        "reduce", *segments, "-o", tmp_path / "x.h5", "--config", bad
+    )
+    # a resumed session replays the recorded selection
+    ok("resume", out, "--from", "extract", "-o", tmp_path / "again.h5")
+    np.testing.assert_array_equal(
+        exomiri.load(tmp_path / "again.h5").spectra.flux, obs.spectra.flux
+    )
 
 
 def test_reduce_in_chunks_gives_the_in_memory_result(segments, tmp_path):
