@@ -50,8 +50,11 @@ __all__ = [
 STEPS = ("wavelength_map", "clean", "subtract_background", "extract", "align")
 #: Tables a configuration may hold: the steps, and ``select`` (which integrations to keep).
 TABLES = ("select", *STEPS)
-#: Steps that change the cube: a session holds only the latest cube, so they cannot be re-run.
-CUBE_STEPS = frozenset({"clean", "subtract_background"})
+#: Steps that can be repeated on a saved session: they leave the cube as it is (or, ``select``
+#: and ``drop``, keep integrations by number, which gives the same on a second run).  Any other
+#: step (``clean``, ``subtract_background``, a step this version does not know) changed the cube,
+#: and a session holds only its latest cube.
+REPLAYABLE = frozenset({"wavelength_map", "extract", "align", "select", "drop"})
 #: Steps whose ``method`` is a registered plugin method, and the method kind.
 METHOD_KINDS = {"subtract_background": "background", "extract": "extraction"}
 #: Names of the figures ``exomiri demo`` writes (the observation's ``plot`` accessor).
@@ -481,7 +484,7 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
     (``config.chain`` when the history is a beginning of it).  With
     ``from_step=None`` only those missing steps run.  A session holds only
     its latest cube, so a step cannot be re-run when it, or a later step,
-    changed the cube (``clean``, ``subtract_background``).
+    changed the cube (``clean``, ``subtract_background``; see :data:`REPLAYABLE`).
     """
     config = config or Config()
     history = obs.history
@@ -491,7 +494,7 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
     n = len(history)
 
     def rerunnable(p: int) -> bool:
-        return all(r.step not in CUBE_STEPS for r in history[p:])
+        return all(r.step in REPLAYABLE for r in history[p:])
 
     if from_step is None:
         if not remainder:
@@ -511,8 +514,11 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
                 or any(r.step == s and rerunnable(p) for p, r in enumerate(history))
             ]
             if any(r.step == from_step for r in history):
+                first = next(p for p, r in enumerate(history) if r.step == from_step)
                 changed = [
-                    f"{p + 1} ({r.step})" for p, r in enumerate(history) if r.step in CUBE_STEPS
+                    f"{p + 1} ({r.step})"
+                    for p, r in enumerate(history)
+                    if p >= first and r.step not in REPLAYABLE
                 ]
                 why = (
                     f"the session holds only its latest cube, and step(s) {', '.join(changed)} "
