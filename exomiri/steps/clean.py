@@ -503,6 +503,38 @@ def _clean_group(d: _Design, y, good, inv_err, threshold):
     return fit, clipped, (sel, sigma)
 
 
+def _clean_group_compiled(d: _Design, y, good, inv_err, threshold):
+    """:func:`_clean_group` by the compiled per-series kernel when numba is there.
+
+    Unweighted series go through :func:`exomiri.steps._jit_clean.clean_series`,
+    which mirrors this module's arithmetic operation for operation (same
+    results, several times faster); the series it leaves (minimum-norm
+    fits, doubtful Cholesky pivots) and weighted cleaning take the numpy path.
+    """
+    if inv_err is not None:
+        return _clean_group(d, y, good, inv_err, threshold)
+    try:
+        from ._jit_clean import clean_series
+    except ImportError:  # pragma: no cover - numba missing
+        return _clean_group(d, y, good, inv_err, threshold)
+    fit, clipped, sigma, has_sigma, fallback = clean_series(
+        y, good, d.A, d.pinv, d.quadT, d.inflate[:, 0], float(threshold)
+    )
+    rest = np.flatnonzero(fallback)
+    if rest.size:
+        rest_good = _columns(good, rest)
+        rest_fit, rest_clipped, (rest_sel, rest_sigma) = _clean_group(
+            d, _columns(y, rest), rest_good, None, threshold
+        )
+        good[:, rest] = rest_good
+        fit[:, rest] = rest_fit
+        clipped[:, rest] = rest_clipped
+        has_sigma[rest[rest_sel]] = True
+        sigma[:, rest[rest_sel]] = rest_sigma
+    sel = np.flatnonzero(has_sigma)
+    return fit, clipped, (sel, _columns(sigma, sel))
+
+
 def _cube_index(flat, N, S, ncols, starts, i0):
     """Cube indices (integration, row, column) of flat indices into a (h, N) group array."""
     j, n = np.divmod(flat, N)
@@ -545,7 +577,7 @@ def _clean_chunk(data, err, bad, out, i0, i1, groups, order, threshold, weighted
                 good &= np.isfinite(E) & (E > 0)
                 inv_err = np.where(good, 1.0 / E, 0.0)
         np.copyto(y, 0.0, where=~good)
-        fit, clipped, (sel, sigma) = _clean_group(d, y, good, inv_err, threshold)
+        fit, clipped, (sel, sigma) = _clean_group_compiled(d, y, good, inv_err, threshold)
 
         fit_cube = fit.reshape(shape)
         for iw, (a, b) in enumerate(windows):
