@@ -438,12 +438,14 @@ def _replay(record, number: int, config: Config, session: str, notes: list[str])
         if method == record.method:
             installed = methods(kind).get(method)
             if installed is None:
+                default = _DEFAULT_PARAMS[step]["method"]
+                suggestion = default if default in methods(kind) else next(iter(methods(kind)), "")
                 raise UnknownMethodError(
                     f"{session}: step {number} ({step}) used the {kind} method {method!r} from "
                     f"{record.provider}=={record.provider_version}, which is not installed. "
                     f'Install it (pip install "{record.provider}=={record.provider_version}"), or '
                     f"choose an installed method in a configuration file: [{step}] method = "
-                    f"{next(iter(methods(kind)), 'optimal')!r} (see `exomiri plugins`)."
+                    f"{suggestion!r} (see `exomiri plugins`)."
                 )
             if (installed.distribution, installed.version) != (
                 record.provider,

@@ -323,6 +323,7 @@ def test_resume_names_the_distribution_of_a_method_that_is_not_installed(session
     line = fails("resume", foreign, "--from", "extract")
     assert "'fancy' from exomiri-fancy==2.1.0, which is not installed" in line
     assert 'pip install "exomiri-fancy==2.1.0"' in line
+    assert "[extract] method = 'optimal'" in line
     # choosing an installed method in a configuration file gets past it
     config = write(tmp_path, "[extract]\nmethod = 'optimal'\n")
     ok("resume", foreign, "--from", "extract", "--config", config)
