@@ -18,11 +18,17 @@ flux per integration and row.
    fluxes solved exactly at each step (variable projection: the Jacobian is
    projected orthogonally to each row's model); ``fit_width=False`` keeps
    ``e = 0``.
-2. *Flux.*  ``f = sum(w Q D) / sum(w Q^2)`` per row with ``Q`` the moved PSF
+2. *What interpolation misses.*  Below ~6 micron the PSF core is
+   undersampled (sigma ~0.8 px) and no interpolation of pixel values moves
+   it exactly.  With ``refine=True`` the residual of every pixel divided by
+   its row's flux is fitted over the integrations with a polynomial in the
+   shift, smoothed along the rows, and added to the moved PSF, which is then
+   renormalised (:class:`_Misses`).
+3. *Flux.*  ``f = sum(w Q D) / sum(w Q^2)`` per row with ``Q`` the moved PSF
    and ``w = 1 / V``; its variance ``1 / sum(w Q^2)``, plus the error of the
    subtracted background, which is shared by the pixels of a row
    (``exomiri.steps.extract.correlated_background_variance``).
-3. *Outliers.*  While a row's worst pixel lies beyond
+4. *Outliers.*  While a row's worst pixel lies beyond
    ``rejection_threshold`` sigma of the model it is dropped and the row
    refitted, at most ``max_iterations`` pixels per row.
 
