@@ -85,13 +85,17 @@ class ContractError(AssertionError):
     """A method does not keep the contract every exomiri method keeps."""
 
 
-@functools.cache
 def contract_observation(nints: int = CONTRACT_NINTS, seed: int = CONTRACT_SEED):
     """The small simulated observation the checks use, with wavelengths mapped.
 
     No transit (``depth=0``), so the flux changes between integrations by
     noise and jitter only.  Cached: observations are immutable.
     """
+    return _simulated(int(nints), int(seed))
+
+
+@functools.cache
+def _simulated(nints: int, seed: int):
     import exomiri  # through the package: importing exomiri.simulate first would shadow it
 
     return exomiri.simulate(nints=nints, seed=seed, depth=0.0).wavelength_map()
@@ -99,7 +103,7 @@ def contract_observation(nints: int = CONTRACT_NINTS, seed: int = CONTRACT_SEED)
 
 @functools.cache
 def _extraction_observation(nints: int, seed: int):
-    return contract_observation(nints, seed).subtract_background(method="row_wise")
+    return _simulated(nints, seed).subtract_background(method="row_wise")
 
 
 def check_background_method(
@@ -371,7 +375,9 @@ def _check_extraction(label: str, result, host, frames) -> None:
             f"got {sigma}."
         )
     # the bright rows: where the pixels around the trace hold most of the light
-    centre = np.rint(np.nan_to_num(frames.trace, nan=np.nanmedian(frames.trace))).astype(int)
+    trace = np.asarray(frames.trace, dtype=np.float64)
+    fallback = np.nanmedian(trace) if np.isfinite(trace).any() else 36.0 + frames.col_offset
+    centre = np.rint(np.where(np.isfinite(trace), trace, fallback)).astype(int)
     cols = np.clip(centre[:, None] + np.arange(-8, 9), 0, ncols - 1)
     data = np.where(frames.mask, np.nan, frames.data).astype(np.float64)
     box = np.nansum(np.take_along_axis(data, np.broadcast_to(cols, (nints, *cols.shape)), 2), 2)
