@@ -124,6 +124,7 @@ _UNITS = {
     "white_flux": "DN/s",
     "white_flux_error": "DN/s",
     "background": "DN / (s pix)",
+    "background_level": "DN / (s pix)",
     "x_shift": "pixel",
     "y_shift": "pixel",
     "trace_position": "pixel",
@@ -132,8 +133,13 @@ _UNITS = {
     "wavelength": "micron",
     "wavelength_lower": "micron",
     "wavelength_upper": "micron",
-    "time": "BJD_TDB (days)",
+    "time": "d",
 }
+#: The time coordinate: BJD_TDB in days (a CF "units" of plain days, so that
+#: netCDF readers do not take it for a calendar date).
+_TIME_ATTRS = {"long_name": "mid-time of the integration", "time_scale": "BJD_TDB"}
+#: Wavelength range (micron) of the white-light curve of :func:`to_xarray`.
+WHITE_RANGE = (5.0, 12.0)
 
 
 def bin_edges(
@@ -184,11 +190,21 @@ def _per_integration(obs) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     n = obs.nints
     nan = np.full(n, np.nan)
     spectra, shifts = obs.spectra, obs.shifts
+    background = _row_background(obs)
+    if background is not None:
+        wave = spectra.wavelength
+        with np.errstate(invalid="ignore"):
+            rows = np.flatnonzero((wave >= WHITE_RANGE[0]) & (wave < WHITE_RANGE[1]))
+        level = np.mean(background[:, rows], axis=1) if rows.size else nan
+    white = bin_spectra(spectra, np.array(WHITE_RANGE))
     return {
         "x_shift": (("time",), shifts.x if shifts is not None else nan),
         "y_shift": (("time",), shifts.y if shifts is not None else nan),
         "trace_position": (("time",), spectra.trace_position),
         "psf_sigma": (("time",), spectra.trace_sigma),
+        "background_level": (("time",), level if background is not None else nan),
+        "white_flux": (("time",), white.flux[:, 0]),
+        "white_flux_error": (("time",), white.flux_err[:, 0]),
     }
 
 
@@ -217,6 +233,7 @@ def _with_units(ds):
     for name, unit in _UNITS.items():
         if name in ds.variables:
             ds[name].attrs["units"] = unit
+    ds["time"].attrs.update(_TIME_ATTRS)
     return ds
 
 
@@ -224,11 +241,17 @@ def to_xarray(obs):
     """The spectra at full resolution as an ``xarray.Dataset`` (time x wavelength).
 
     Variables: ``flux``, ``flux_error``, ``background`` (at the trace, per
-    pixel), ``n_outliers`` (pixels replaced by ``clean`` within 4 columns of
-    the trace) on (time, wavelength); ``x_shift``, ``y_shift``,
-    ``trace_position``, ``psf_sigma`` on time; coordinates ``time``
-    (BJD_TDB mid-times), ``integration_number``, ``wavelength`` (micron, one
-    per detector row, in row order), ``row`` and ``quality``.
+    pixel), ``n_outliers`` (values replaced within 4 columns of the trace by
+    ``clean``, plus those of a later ``clean_time``: pixels, or one per
+    replaced spectral channel) on (time, wavelength); on time, the
+    decorrelation vectors ``x_shift``, ``y_shift`` (from ``align``; NaN
+    before), ``trace_position``, ``psf_sigma``, ``background_level`` (the
+    background at the trace averaged over the rows of :data:`WHITE_RANGE`,
+    per pixel; NaN without background subtraction) and the white-light
+    ``white_flux``/``white_flux_error`` (rows of :data:`WHITE_RANGE`);
+    coordinates ``time`` (BJD_TDB mid-times in days), ``integration_number``,
+    ``wavelength`` (micron, one per detector row, in row order), ``row`` and
+    ``quality``.  Every variable carries its ``units``.
     """
     import xarray as xr
 
@@ -287,9 +310,10 @@ def light_curves(
     data_vars = {
         "flux": (("time", "wavelength"), binned.flux),
         "flux_error": (("time", "wavelength"), binned.flux_err),
+        **{k: (v.dims, v.values) for k, v in full.data_vars.items() if v.dims == ("time",)},
+        # the white light over this call's range, not to_xarray's
         "white_flux": (("time",), white.flux[:, 0]),
         "white_flux_error": (("time",), white.flux_err[:, 0]),
-        **{k: (v.dims, v.values) for k, v in full.data_vars.items() if v.dims == ("time",)},
     }
     wave = obs.spectra.wavelength
     index = np.digitize(wave, edges) - 1

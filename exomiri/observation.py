@@ -746,8 +746,11 @@ class LRSObservation:
         expected spread, from ``err`` (``flux_err``) or, where larger, the
         series' own robust scatter; on Gaussian noise that is a fraction
         ``2 * norm.sf(threshold)`` of good values (6e-5 at 4, 6e-7 at 5).
-        The replacement is the median of the neighbours (without replaced
-        values) and its error is that median's.  Pixels carrying
+        A hit of A sigma is found with a probability of about
+        ``norm.cdf((A - 1.08 threshold) / 1.08)`` (90% at 5.7 sigma for the
+        default 4).  The replacement is the median of the neighbours (without
+        replaced values) and its error that median's, plus the series'
+        scatter beyond its errors.  Pixels carrying
         ``dq_bits_to_mask`` that :meth:`clean` has not replaced, NaN values
         and values with an error that is not finite and positive are neither
         used nor changed.  See :mod:`exomiri.steps.timeclean`.

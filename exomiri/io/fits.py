@@ -31,7 +31,7 @@ from ..observation import (
     Segment,
 )
 
-__all__ = ["open", "write"]
+__all__ = ["history_lines", "open", "write"]
 
 _REQUIRED_EXTENSIONS = ("SCI", "ERR", "DQ", "INT_TIMES")
 _HEADER_KEYS = (
@@ -367,15 +367,56 @@ def _segment_names(path: str, n: int) -> list[str]:
     return [f"{stem}-seg{i + 1:03d}_mirimage_rateints.fits" for i in range(n)]
 
 
+#: Characters of text on one FITS HISTORY card.
+_HISTORY_WIDTH = 72
+_HISTORY_INDENT = "  "
+
+
+def _history_cards(entry: str) -> list[str]:
+    """One history entry as HISTORY card texts: continuation cards are indented."""
+    import textwrap
+
+    return textwrap.wrap(
+        entry,
+        width=_HISTORY_WIDTH,
+        subsequent_indent=_HISTORY_INDENT,
+        break_long_words=True,
+        break_on_hyphens=False,
+    )
+
+
+def history_lines(header: fits.Header) -> list[str]:
+    """The HISTORY of a header written by :func:`write`, one entry per line.
+
+    Cards indented by two spaces continue the entry before them.
+    """
+    lines: list[str] = []
+    for card in header.get("HISTORY", []):
+        text = str(card)
+        if lines and text.startswith(_HISTORY_INDENT):
+            lines[-1] += " " + text.strip()
+        else:
+            lines.append(text)
+    return lines
+
+
 def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[str]:
     """Write the observation's cube as ``*_rateints.fits`` file(s) readable by ``jwst``.
 
     ``segments``: number of files to split the integrations into (default: the
-    split of the files it was read from, or one file).  ``path`` is a file
-    name (one segment) or a prefix; segment files are named
-    ``<prefix>-segNNN_mirimage_rateints.fits``.  Each file is written to a
-    temporary name and moved into place, so a failed write leaves no partial
-    file.  The processing history goes into the FITS HISTORY.
+    split of the files it was read from, without the integrations a selection
+    dropped, or one file).  A file never spans a gap in the integration
+    numbers (its INTSTART..INTEND hold exactly its integrations), so a
+    selection with a gap inside a segment writes that segment as two files.
+    ``path`` is a file name (one file) or a prefix; files are named
+    ``<prefix>-segNNN_mirimage_rateints.fits``, NNN counting from 001 in time
+    order.  Each file is written to a temporary name and moved into place, so
+    a failed write leaves no partial file.
+
+    The processing history goes into the FITS HISTORY, one entry per step:
+    ``exomiri <version>: step[method](parameters)``; an entry longer than a
+    HISTORY card continues on the following cards, each indented by two
+    spaces (:func:`history_lines` joins them back).
     """
     from stdatamodels.jwst import datamodels
 
@@ -399,6 +440,10 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
         if not 1 <= n <= nints:
             raise InputError(f"write(segments={segments}) must be between 1 and {nints}.")
         splits = np.array_split(np.arange(nints), n)
+    # No file spans a gap in the integration numbers.
+    splits = [
+        run for idx in splits for run in np.split(idx, np.flatnonzero(np.diff(numbers[idx]) != 1) + 1)
+    ]
     names = _segment_names(path, len(splits))
     meta = obs.meta
     for name, idx in zip(names, splits, strict=True):
@@ -449,7 +494,8 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
             if obs.wcs is not None:
                 m.wcs = obs.wcs
             for record in obs.history:
-                model.add_history_entry(f"exomiri {record.provider_version}: {record.summary()}"[:2000])
+                for line in _history_cards(f"exomiri {record.provider_version}: {record.summary()}"):
+                    model.add_history_entry(line)
             # Write under the final name inside a temporary folder next to the target (the
             # data model stamps FILENAME from the path), then move it into place.
             scratch = tempfile.mkdtemp(prefix=".exomiri-", dir=Path(name).parent)
