@@ -186,8 +186,12 @@ class PSFExtraction:
         # reference centre and width: a Gaussian fit to the time-median frame
         fit_rows = (PSF_ROWS[0] + frames.row_offset, PSF_ROWS[1] + frames.row_offset)
         fit_cols = (PSF_COLUMNS[0] + frames.col_offset, PSF_COLUMNS[1] + frames.col_offset)
-        median = kernels.nanmedian(np.where(frames.mask, np.nan, frames.data), axis=0)[None]
-        ref_position, ref_sigma = kernels.fit_psf(median, fit_rows, fit_cols, SIGMA_GUESS)
+        r0, r1 = np.clip(fit_rows, 0, nrows)
+        c0, c1 = np.clip(fit_cols, 0, ncols)
+        cut = (slice(None), slice(r0, r1), slice(c0, c1))
+        median = kernels.nanmedian(np.where(frames.mask[cut], np.nan, frames.data[cut]), axis=0)
+        ref_position, ref_sigma = kernels.fit_psf(median[None], (0, r1 - r0), (0, c1 - c0), SIGMA_GUESS)
+        ref_position = ref_position + c0
         if aperture_center is not None:
             centre = _number("aperture_center", aperture_center, DEFAULT_CENTER)
         elif np.isfinite(ref_position[0]):
@@ -250,15 +254,19 @@ class PSFExtraction:
 
 
 def _read_noise(frames, window, gain, variance):
-    """Read-noise variance (nrows, w) or (nints, nrows, w); None for ``variance="err"``."""
-    if variance == "err":
+    """Read-noise variance (nrows, w) estimated from ``err`` when the frames carry none.
+
+    None for ``variance="err"`` or where ``frames.var_rnoise`` is given (read
+    per chunk).  The estimate is what ``err**2`` holds beyond the Poisson
+    term, median over at most 256 integrations spread over the observation.
+    """
+    if variance == "err" or frames.var_rnoise is not None:
         return None
-    if frames.var_rnoise is not None:
-        return np.asarray(frames.var_rnoise[:, :, window], dtype=np.float64)
-    # what err holds beyond the Poisson term, median over integrations
-    d = np.asarray(frames.data[:, :, window], dtype=np.float64)
-    b = np.nan_to_num(np.asarray(frames.background[:, :, window], dtype=np.float64))
-    e = np.asarray(frames.err[:, :, window], dtype=np.float64)
+    step = max(1, frames.data.shape[0] // 256)
+    some = (slice(None, None, step), slice(None), window)
+    d = np.asarray(frames.data[some], dtype=np.float64)
+    b = np.nan_to_num(np.asarray(frames.background[some], dtype=np.float64))
+    e = np.asarray(frames.err[some], dtype=np.float64)
     excess = e**2 - np.maximum(d + b, 0) / (gain * frames.effinttm)
     return kernels.nanmedian(np.where(np.isfinite(excess), np.maximum(excess, 0), np.nan), 0)
 
@@ -362,10 +370,10 @@ class _ChunkFit:
         self.background = np.nan_to_num(np.asarray(frames.background[chunk, :, window], np.float64))
         bg_err = frames.background_err
         self.background_err = None if bg_err is None else np.asarray(bg_err[chunk, :, window])
-        if readnoise is not None and readnoise.ndim == 3:
-            readnoise = readnoise[chunk]
-        self.readnoise = readnoise
         self.q = gain * float(frames.effinttm) if variance == "model" else None
+        if self.q is not None and frames.var_rnoise is not None:
+            readnoise = np.asarray(frames.var_rnoise[chunk, :, window], dtype=np.float64)
+        self.readnoise = readnoise
         self.psf = psf
         n = self.d.shape[0]
         self.dx = np.zeros(n)

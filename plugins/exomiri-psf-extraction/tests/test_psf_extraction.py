@@ -77,6 +77,15 @@ def test_trace_position_and_width_follow_the_pointing(extracted):
     assert np.std(sigma) < 0.002 * np.mean(sigma)  # the simulated PSF does not change width
 
 
+def test_read_noise_estimated_from_err_when_the_frames_carry_none(jittery, extracted):
+    out = jittery.replace(var_rnoise=None).extract(method="psf")
+    reference = extracted["psf"].spectra
+    bright = jittery.truth.spectrum > 0.01 * jittery.truth.spectrum.max()
+    ratio = out.spectra.flux_err[:, bright] / reference.flux_err[:, bright]
+    assert abs(np.median(ratio) - 1) < 0.01
+    np.testing.assert_allclose(out.spectra.flux[:, bright], reference.flux[:, bright], rtol=1e-3)
+
+
 def test_provenance(extracted):
     record = extracted["psf"].history[-1]
     assert (record.step, record.method, record.provider) == ("extract", "psf", "exomiri-psf-extraction")
