@@ -1,25 +1,17 @@
-"""MkDocs hooks of the exomiri documentation site.
+"""MkDocs hook of the exomiri documentation site.
 
-- Notebooks (``*.ipynb``) become pages: a ``<name>.md`` page is generated
-  from ``<name>.ipynb`` (markdown cells as they are, code cells as Python
-  blocks, text outputs when the notebook was saved with them), and the
-  notebook itself stays downloadable next to it.
-- A ``nav`` entry may be a glob pattern (``plugins/*.md``): it becomes one
-  entry per matching page, titled by the page's first heading, ``index.md``
-  first.  A pattern that matches nothing is reported as a warning, which
-  ``mkdocs build --strict`` turns into a failure.
+Notebooks (``*.ipynb``) become pages: a ``<name>.md`` page is generated from
+``<name>.ipynb`` (markdown cells as they are, code cells as Python blocks,
+text outputs when the notebook was saved with them), and the notebook itself
+stays downloadable next to it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import logging
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
-
-log = logging.getLogger("mkdocs.hooks.exomiri")
 
 _OUTPUT_TYPES = ("text/markdown", "text/plain")
 
@@ -68,42 +60,3 @@ def on_files(files: Files, config) -> Files:
                 )
                 files.append(File.generated(config, page, content=content))
     return files
-
-
-def _title(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
-    return path.stem.replace("-", " ").replace("_", " ").capitalize()
-
-
-def _expand(pattern: str, docs: Path) -> list:
-    pages = sorted(
-        p.relative_to(docs).as_posix()
-        for p in docs.rglob("*.md")
-        if fnmatch.fnmatch(p.relative_to(docs).as_posix(), pattern)
-    )
-    pages.sort(key=lambda p: (Path(p).name != "index.md", p))
-    if not pages:
-        log.warning("The nav pattern %r matches no page in %s.", pattern, docs)
-    return [{_title(docs / p): p} for p in pages]
-
-
-def _walk(nav, docs: Path):
-    if isinstance(nav, list):
-        return [_walk(item, docs) for item in nav]
-    if isinstance(nav, dict):
-        out = {}
-        for title, value in nav.items():
-            if isinstance(value, str) and "*" in value:
-                out[title] = _expand(value, docs)
-            else:
-                out[title] = _walk(value, docs)
-        return out
-    return nav
-
-
-def on_config(config):
-    if config.nav:
-        config.nav = _walk(config.nav, Path(config.docs_dir))
-    return config
