@@ -796,6 +796,69 @@ def _format_value(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "))
 
 
+def _read_session(path: Path, reader: Callable[[Any, Any, str], Any]) -> Any:
+    """``reader(file, observation_group, version)`` on an open session, errors made readable.
+
+    For what does not need the cubes (``info``, ``export``): only the small datasets are read.
+    """
+    import h5py
+
+    from .exceptions import SessionFormatError
+    from .io.hdf5 import _check_version
+
+    if not path.exists():
+        raise SessionFormatError(f"{path}: no such session file. Check the path.")
+    try:
+        with h5py.File(path, "r") as f:
+            version = _check_version(path, f)
+            return reader(f, f["observation"], version)
+    except SessionFormatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise SessionFormatError(
+            f"{path} could not be read as an exomiri session ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _history(f) -> tuple:
+    from .provenance import StepRecord
+
+    raw = f["history"][()] if "history" in f else []
+    return tuple(StepRecord.from_json(r.decode() if isinstance(r, bytes) else r) for r in raw)
+
+
+def _load_products(session: str):
+    """The session without its cubes: a :class:`~exomiri.chunked.Reduction` (products, times,
+    history), enough for light curves; an older format is loaded whole and migrated."""
+    import exomiri
+
+    from .chunked import Reduction
+    from .io.hdf5 import MIGRATIONS, _read_product
+    from .observation import ObservationMeta
+
+    path = Path(session)
+
+    def read(f, group, version):
+        if version in MIGRATIONS:
+            return None
+        small = {
+            name: group[name][()]
+            for name in ("int_times", "wavelength", "trace", "outlier_counts")
+            if name in group
+        }
+        products = {name: _read_product(g, path) for name, g in group["products"].items()}
+        return Reduction(
+            session=str(path),
+            shape=tuple(group["data"].shape),
+            meta=ObservationMeta.from_dict(json.loads(group.attrs["meta"])),
+            history=_history(f),
+            **small,
+            **products,
+        )
+
+    return _read_session(path, read) or exomiri.load(path)
+
+
 @main.command()
 @click.argument("session", type=click.Path(dir_okay=False))
 def info(session: str) -> None:
@@ -805,33 +868,19 @@ def info(session: str) -> None:
     """
     import h5py
 
-    from .exceptions import SessionFormatError
-    from .io.hdf5 import _check_version
-    from .provenance import StepRecord
-
     path = Path(session)
-    if not path.exists():
-        raise SessionFormatError(f"{path}: no such session file. Check the path.")
-    try:
-        with h5py.File(path, "r") as f:
-            version = _check_version(path, f)
-            group = f["observation"]
-            meta = json.loads(group.attrs["meta"])
-            arrays = {
-                name: (ds.shape, ds.dtype)
-                for name, ds in group.items()
-                if isinstance(ds, h5py.Dataset)
-            }
-            products = {
-                name: {k: (v.shape, v.dtype) for k, v in g.items()}
-                for name, g in group["products"].items()
-            }
-            raw = f["history"][()] if "history" in f else []
-            history = [StepRecord.from_json(r.decode() if isinstance(r, bytes) else r) for r in raw]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SessionFormatError(
-            f"{path} could not be read as an exomiri session ({type(exc).__name__}: {exc})."
-        ) from exc
+
+    def read(f, group, version):
+        arrays = {
+            name: (ds.shape, ds.dtype) for name, ds in group.items() if isinstance(ds, h5py.Dataset)
+        }
+        products = {
+            name: {k: (v.shape, v.dtype) for k, v in g.items()}
+            for name, g in group["products"].items()
+        }
+        return version, json.loads(group.attrs["meta"]), arrays, products, _history(f)
+
+    version, meta, arrays, products, history = _read_session(path, read)
     nints, nrows, ncols = arrays["data"][0]
     click.echo(f"session    {path} (format {version}, {path.stat().st_size / 2**20:.1f} MiB)")
     click.echo(f"target     {meta.get('target') or 'unknown'}")
@@ -895,7 +944,6 @@ def export(
 
     Without a binning option the spectra go out at full resolution (one curve per row).
     """
-    import exomiri
     from exomiri.lightcurves import export as export_light_curves
 
     _check_output(target, "--to", (".nc", ".ecsv"))
@@ -926,7 +974,7 @@ def export(
         binning["pixels"] = pixels
     if binning:
         binning["wavelength_range"] = wavelength_range
-    obs = exomiri.load(session)
+    obs = _load_products(session)
     written = export_light_curves(obs, target, **binning)
     kind = "binned" if binning else "full-resolution"
     click.echo(f"{kind} light curves of {obs.nints} integrations -> {written}")

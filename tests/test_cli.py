@@ -276,6 +276,7 @@ def test_resume_continues_a_session_saved_part_way(segments, session, tmp_path):
     )
     ok("reduce", *segments, "-o", partial, "--config", config)
     assert exomiri.load(partial).spectra is None
+    assert "needs spectra" in fails("export", partial, "--to", tmp_path / "x.nc")
     result = ok("resume", partial)  # no --from: the steps the chain has left
     assert "[1/2] extract" in result.stderr
     continued, full = exomiri.load(partial), exomiri.load(session)
