@@ -166,7 +166,7 @@ class _Plan:
 class _ChunkOutput:
     obs: LRSObservation  # the chunk after every step but align
     records: tuple[StepRecord, ...]  # the records of those steps
-    align_profiles: np.ndarray | None  # (n, ncols) cross-dispersion profiles for align
+    align_profiles: np.ndarray | None  # (n, 2, ncols) cross-dispersion profiles, variances
 
 
 def _uses_median_profile(obs: LRSObservation, params: dict[str, Any]) -> bool:
@@ -195,9 +195,14 @@ def _run_chunk(chunk: LRSObservation, plan: _Plan) -> _ChunkOutput:
     for verb, params in plan.steps:
         if verb == "align":
             t0 = perf_counter()
-            x = cross_dispersion_profiles(obs.data, rows=plan.align_rows, columns=plan.align_columns)
-            profiles = np.zeros((obs.nints, obs.shape[2]))
-            profiles[:, plan.align_columns[0] : plan.align_columns[1]] = x
+            (r0, r1), (c0, c1) = plan.align_rows, plan.align_columns
+            profiles = np.zeros((obs.nints, 2, obs.shape[2]))
+            profiles[:, 0, c0:c1] = cross_dispersion_profiles(obs.data, rows=(r0, r1), columns=(c0, c1))
+            # the photon-noise variance of each profile value, which align weights by
+            with np.errstate(invalid="ignore"):
+                profiles[:, 1, c0:c1] = np.nansum(
+                    np.square(obs.err[:, r0:r1, c0:c1], dtype=np.float64), axis=1
+                )
             duration = perf_counter() - t0
             continue
         if verb == "extract" and plan.profile_template is not None and _uses_median_profile(obs, params):
@@ -228,6 +233,15 @@ def _slice(obs: LRSObservation, start: int, stop: int) -> LRSObservation:
         if value is not None:
             changes[name] = value.take(index)
     return dataclasses.replace(obs, **changes)
+
+
+def _copy_first(obs: LRSObservation) -> LRSObservation:
+    """The first integration of ``obs`` with its own copies of the cubes (no views)."""
+    first = _slice(obs, 0, 1)
+    return dataclasses.replace(
+        first,
+        **{name: np.array(getattr(first, name)) for name in _CUBES if getattr(first, name) is not None},
+    )
 
 
 def _take(obs: LRSObservation, index: np.ndarray) -> LRSObservation:
@@ -353,22 +367,29 @@ def _spectra(skeleton: LRSObservation, parts: list[Spectra], method: Any) -> Spe
 def _align(skeleton: LRSObservation, profiles: np.ndarray, plan: _Plan, params: dict) -> LRSObservation:
     """``align`` on the whole observation from its cross-dispersion profiles.
 
-    The verb itself runs, on an observation whose cube repeats each
-    integration's profile (nints, ncols) on every row without copying it
-    (a zero stride): summed over one row that is exactly the profile, so
+    The verb itself runs, on an observation whose cubes repeat each
+    integration's profile and its variance (``profiles`` (nints, 2, ncols))
+    on every row without copying them (a zero stride): over one row the
+    data sum to exactly the profile and the squared errors to the variance
+    (to float64 rounding: the error is its square root), so
     ``align(x_rows=(r, r + 1))`` measures what the in-memory chain measures
     over ``x_rows``.  The record then gets the real ``x_rows`` back.
     """
-    profiles = np.ascontiguousarray(profiles, dtype=np.float64)
     nints, nrows, ncols = skeleton.shape
-    cube = np.lib.stride_tricks.as_strided(
-        profiles,
-        shape=(nints, nrows, ncols),
-        strides=(profiles.strides[0], 0, profiles.strides[1]),
-        writeable=False,
-    )
+
+    def repeated(values: np.ndarray) -> np.ndarray:
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        return np.lib.stride_tricks.as_strided(
+            values,
+            shape=(nints, nrows, ncols),
+            strides=(values.strides[0], 0, values.strides[1]),
+            writeable=False,
+        )
+
+    cube = repeated(profiles[:, 0])
+    err = repeated(np.sqrt(profiles[:, 1]))
     row = plan.align_rows[0]
-    obs = skeleton.replace(data=cube).align(**{**params, "x_rows": (row, row + 1)})
+    obs = skeleton.replace(data=cube, err=err).align(**{**params, "x_rows": (row, row + 1)})
     record = obs.history[-1]
     record = dataclasses.replace(
         record, parameters={**record.parameters, "x_rows": list(plan.align_rows)}
@@ -574,7 +595,10 @@ def reduce(
             records.append(output.records)
             if output.align_profiles is not None:
                 profiles.append(output.align_profiles)
-            last = chunk
+            # keep one integration's worth of the last chunk (for its fields and dtypes), and
+            # let go of its cubes before the next chunk is computed
+            last = _copy_first(chunk)
+            del output, chunk
         assert last is not None
 
         def joined(name: str) -> Any:

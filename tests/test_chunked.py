@@ -52,9 +52,12 @@ def assert_same_products(a, b):
     # many rows are fitted together: equal to float64 rounding, not bit for bit.
     for key, value in a.background.arrays().items():
         np.testing.assert_allclose(getattr(b.background, key), value, rtol=1e-12, atol=1e-12)
-    for product in ("spectra", "shifts"):
-        for key, value in getattr(a, product).arrays().items():
-            np.testing.assert_array_equal(getattr(getattr(b, product), key), value, err_msg=key)
+    for key, value in a.spectra.arrays().items():
+        np.testing.assert_array_equal(getattr(b.spectra, key), value, err_msg=key)
+    # align weights the x profiles by their variance, which the chunked run hands
+    # over as its square root: equal to float64 rounding.
+    for key, value in a.shifts.arrays().items():
+        np.testing.assert_allclose(getattr(b.shifts, key), value, rtol=1e-10, atol=1e-12)
     assert [r.step for r in a.history] == [r.step for r in b.history]
     assert [r.parameters for r in a.history] == [r.parameters for r in b.history]
 
@@ -165,7 +168,7 @@ def test_chunked_documented_chain_matches_in_memory(sim):
     reference = run(sim, DEFAULT_STEPS)
     result = exomiri.reduce(sim, chunks=9)
     assert_same_cubes(reference, result)
-    np.testing.assert_array_equal(result.shifts.x, reference.shifts.x)
+    np.testing.assert_allclose(result.shifts.x, reference.shifts.x, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(result.spectra.wavelength, reference.spectra.wavelength)
     good = reference.spectra.quality == 0
     pull = np.abs(result.spectra.flux - reference.spectra.flux)[:, good] / reference.spectra.flux_err[
