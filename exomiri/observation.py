@@ -798,7 +798,10 @@ class LRSObservation:
                 n_components=n_components,
             )
             replaced = result.replaced
-            near = clean_kernel.outlier_counts(replaced, self._trace_columns(result.values))
+            with warnings.catch_warnings():  # columns that are NaN throughout (before clean)
+                warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+                trace = self._trace_columns(result.values)
+            near = clean_kernel.outlier_counts(replaced, trace)
             counts += near
             changes.update(
                 data=result.values,

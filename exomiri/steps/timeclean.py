@@ -16,16 +16,23 @@ For every series ``x[t]`` (one pixel, or one spectral channel) with errors
 1. Common mode.  What changes the whole frame together (the transit, a
    settling ramp, a flux step between segments) is divided out first:
    ``c[t]`` is the median, over the bright series (time-median at least
-   :data:`BRIGHT_SNR` times the median error), of ``x[t] / median_t(x)``,
-   normalised to a median of one.  The running median then follows a transit
-   of any depth and any ingress, however sharp, because the series ``y = x /
-   c`` no longer has one.  Without enough bright series ``c = 1``.
+   :data:`BRIGHT_SNR` times the median error and :data:`BRIGHT_FRACTION` of
+   the brightest: starlight, not a background that does not transit), of
+   ``x[t] / median_t(x)``, normalised to a median of one.  The running median
+   then follows a transit of any depth and any ingress, however sharp,
+   because the series ``y = x / c`` no longer has one.  Without enough bright
+   series ``c = 1``.
 2. Shared patterns.  Pointing jitter moves light between pixels from one
    integration to the next; on the flank of the trace this is larger than
-   the photon noise and no running median can follow it.  The
-   ``n_components`` leading time patterns ``U`` of the bright series'
-   residuals (a truncated SVD) are fitted to every series' residuals
-   (``y - running median``, clipped at the threshold) and subtracted:
+   the photon noise and no running median can follow it.  Series whose
+   robust scatter between consecutive integrations exceeds their errors by
+   :data:`EXCESS_NOISE` are the ones it affects.  Their residuals from a
+   first running median (clipped at the threshold, in units of their
+   errors) give, by a truncated SVD, the ``n_components`` leading patterns in
+   time and their weights over the series; the same weights applied to the
+   series themselves give the patterns at full band (the residuals saw them
+   high-passed).  Each such series' pattern amplitudes ``b`` are fitted to
+   its residuals and ``U b`` (U the full-band patterns) is subtracted:
    ``y' = y - U b``.
 3. Running median ``m[t]`` of ``y'`` over the ``window`` integrations centred
    on t, the value itself left out, as are NaN and masked values.  Within
@@ -52,8 +59,9 @@ never modified.
 Cost
 ----
 Series are processed in blocks of about 16 MiB of sliding windows on a
-thread pool; each block sorts its windows twice (before and after the shared
-patterns are removed).  The result does not depend on the number of threads.
+thread pool; each block sorts its windows once, twice for the series fitted
+for the shared patterns.  The result does not depend on the number of
+threads.  About 6 ms of CPU per integration of a 416 x 72 cube.
 """
 
 from __future__ import annotations
@@ -353,8 +361,8 @@ def systematics_basis(residuals, n_components: int, seed: int = 0) -> tuple[np.n
 
     A truncated SVD (randomised, with a fixed seed and two power iterations,
     when the matrix is large): the patterns that many series share, such as
-    every pixel's response to pointing jitter.  Time patterns are
-    orthonormal and scaled by their singular values.
+    every pixel's response to pointing jitter.  The time patterns are
+    orthogonal, each scaled by its singular value; the weights orthonormal.
     """
     z = np.asarray(residuals, dtype=np.float64)
     n, m = z.shape
@@ -373,7 +381,7 @@ def systematics_basis(residuals, n_components: int, seed: int = 0) -> tuple[np.n
 
 
 def _patterns(y: np.ndarray, noise: np.ndarray, window: int, threshold: float, k: int) -> _Patterns:
-    """Shared patterns of the bright series y (n, m) with per-value noise (n, m).
+    """Shared patterns of series y (n, m) that scatter more than their noise (n, m).
 
     The residuals from the running median (clipped, in units of the noise)
     give the patterns' weights over series by SVD; applying the same weights
@@ -382,7 +390,7 @@ def _patterns(y: np.ndarray, noise: np.ndarray, window: int, threshold: float, k
     """
     n = y.shape[0]
     median, clipped = _first_pass(y, noise, window, threshold)
-    unit = np.nanmedian(noise, axis=0)
+    unit = nanmedian(np.where(np.isnan(y), np.nan, noise), axis=0)
     unit = np.where(np.isfinite(unit) & (unit > 0), unit, np.inf)
     high, weights = systematics_basis(clipped / unit, k)
     if high.shape[1] == 0:
