@@ -99,3 +99,23 @@ def test_clean_kernel_is_bit_identical_to_numpy(monkeypatch, params):
     assert fast.clipped.sum() > 10
     for name in ("data", "err", "replaced", "clipped", "fit"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+
+
+@pytest.mark.parametrize("per_integration", [False, True])
+@pytest.mark.parametrize("max_distance", [0, 1, 4])
+def test_outlier_counts_match_their_definition(per_integration, max_distance):
+    from exomiri.steps.clean import outlier_counts
+
+    rng = np.random.default_rng(max_distance)
+    replaced = rng.random((6, 50, 20)) < 0.2
+    trace = 10 + np.linspace(-1.3, 1.3, 50)
+    trace[:3] = np.nan
+    trace[3], trace[4], trace[5] = 0.6, 19.4, -3.0  # at and beyond the edges
+    if per_integration:
+        trace = trace + rng.normal(0, 0.4, (6, 50))
+    counts = outlier_counts(replaced, trace, max_distance)
+    centre = np.rint(trace)[..., None]
+    for d in range(max_distance + 1):
+        near = np.abs(np.arange(20) - centre) <= d  # NaN rows compare False
+        assert np.array_equal(counts[..., d], (replaced & near).sum(axis=-1))
+    assert counts[..., max_distance].sum() > 0

@@ -806,9 +806,18 @@ def outlier_counts(replaced, trace_columns, max_distance: int = 4) -> np.ndarray
         )
     finite = np.isfinite(trace)
     centre = np.rint(np.where(finite, trace, -1e9))
-    dist = np.abs(np.arange(ncols) - centre[..., None])  # (.., nrows, ncols)
-    dist = np.where(finite[..., None], dist, np.inf)
+    # Only the 2 * max_distance + 1 columns around each row's centre matter:
+    # gather them (offsets -d..d), then count outwards from the centre.
+    offsets = np.arange(-dmax, dmax + 1)
+    cols = centre[..., None] + offsets  # (.., nrows, 2 dmax + 1)
+    inside = finite[..., None] & (cols >= 0) & (cols < ncols)
+    index = np.where(inside, cols, 0).astype(np.intp)
+    if index.ndim == 2:
+        index = index[None]
+        inside = inside[None]
+    near = np.take_along_axis(replaced, index, axis=-1) & inside  # (nints, nrows, 2 dmax + 1)
     counts = np.empty((nints, nrows, dmax + 1), dtype=np.int32)
-    for dd in range(dmax + 1):
-        counts[..., dd] = np.count_nonzero(replaced & (dist <= dd), axis=-1)
+    counts[..., 0] = near[..., dmax]
+    for dd in range(1, dmax + 1):
+        counts[..., dd] = counts[..., dd - 1] + near[..., dmax - dd] + near[..., dmax + dd]
     return counts
