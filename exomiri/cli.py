@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: The steps a configuration file may name, in chain order.
-STEPS = ("wavelength_map", "clean", "subtract_background", "extract", "align")
+STEPS = ("wavelength_map", "clean", "subtract_background", "clean_time", "extract", "align")
 #: Tables a configuration may hold: the steps, and ``select`` (which integrations to keep).
 TABLES = ("select", *STEPS)
 #: Steps that can be repeated on a saved session: they leave the cube as it is (or, ``select``
@@ -55,6 +55,17 @@ TABLES = ("select", *STEPS)
 #: step (``clean``, ``subtract_background``, a step this version does not know) changed the cube,
 #: and a session holds only its latest cube.
 REPLAYABLE = frozenset({"wavelength_map", "extract", "align", "select", "drop"})
+
+
+def _replayable(record) -> bool:
+    """Whether repeating ``record`` on a saved session gives what the first run gave.
+
+    ``clean_time(on="spectra")`` only changes the spectra, which a repeated ``extract``
+    rebuilds, so it is repeatable too; ``clean_time(on="pixels")`` changed the cube.
+    """
+    if record.step == "clean_time":
+        return record.parameters.get("on") == "spectra"
+    return record.step in REPLAYABLE
 #: Steps whose ``method`` is a registered plugin method, and the method kind.
 METHOD_KINDS = {"subtract_background": "background", "extract": "extraction"}
 #: Names of the figures ``exomiri demo`` writes (the observation's ``plot`` accessor).
@@ -399,7 +410,10 @@ def default_config_text(config: Config | None = None) -> str:
             continue
         params = config.params_for(step, _DEFAULT_PARAMS.get(step, {}))
         accepted = _accepted(step, params.get("method"))
-        lines += ["", f"[{step}]"]
+        lines.append("")
+        if step not in config.chain:
+            lines.append(f'# {step} is not in the chain: add "{step}" to chain to run it.')
+        lines.append(f"[{step}]")
         for key, default in accepted.items():
             value = params.get(key, default)
             if value is None:
@@ -496,7 +510,7 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
     n = len(history)
 
     def rerunnable(p: int) -> bool:
-        return all(r.step in REPLAYABLE for r in history[p:])
+        return all(_replayable(r) for r in history[p:])
 
     if from_step is None:
         if not remainder:
@@ -520,7 +534,7 @@ def resume_plan(obs, from_step: str | None, config: Config | None = None, sessio
                 changed = [
                     f"{p + 1} ({r.step})"
                     for p, r in enumerate(history)
-                    if p >= first and r.step not in REPLAYABLE
+                    if p >= first and not _replayable(r)
                 ]
                 why = (
                     f"the session holds only its latest cube, and step(s) {', '.join(changed)} "

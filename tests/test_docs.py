@@ -26,9 +26,12 @@ STEP_PAGES = {
     "wavelength_map": "steps/wavelength-map.md",
     "clean": "steps/clean.md",
     "subtract_background": "steps/background.md",
+    "clean_time": "steps/clean-time.md",
     "extract": "steps/extract.md",
     "align": "steps/align.md",
 }
+#: The steps of the reference tool: their pages show a figure.
+ILLUSTRATED = ("wavelength_map", "clean", "subtract_background", "extract", "align")
 METHOD_KINDS = {"subtract_background": "background", "extract": "extraction"}
 
 
@@ -79,7 +82,7 @@ def test_the_site_builds_with_every_page(site):
 
 
 def test_every_step_page_shows_a_figure_that_exists(site):
-    for page in STEP_PAGES.values():
+    for page in (STEP_PAGES[step] for step in ILLUSTRATED):
         html = (site / page[:-3] / "index.html").read_text()
         images = re.findall(r'<img[^>]*src="([^"]+\.png)"', html)
         assert images, f"{page} has no figure"
