@@ -798,9 +798,11 @@ class LRSObservation:
                 n_components=n_components,
             )
             replaced = result.replaced
+            # The trace's place from the median of at most 64 frames spread over the visit.
+            sample = np.unique(np.linspace(0, self.nints - 1, 64).astype(np.int64))
             with warnings.catch_warnings():  # columns that are NaN throughout (before clean)
                 warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-                trace = self._trace_columns(result.values)
+                trace = self._trace_columns(result.values[sample])
             near = clean_kernel.outlier_counts(replaced, trace)
             counts += near
             changes.update(
@@ -810,7 +812,8 @@ class LRSObservation:
             )
             n_near = int(near[..., -1].sum())
             with np.errstate(invalid="ignore", divide="ignore"):
-                typical = nanmedian(np.where(self.err > 0, self.err, np.nan), axis=0)
+                err = self.err[sample]
+                typical = nanmedian(np.where(err > 0, err, np.nan), axis=0)
                 ratio = result.scatter / typical
         else:
             self._require("spectra", "obs.extract()", "clean_time(on='spectra')")

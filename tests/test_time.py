@@ -55,12 +55,14 @@ def scene():
 @pytest.fixture(scope="module")
 def prepared(scene):
     """The documented chain up to extraction: clean, background, clean."""
-    return (
+    obs = (
         scene.obs.wavelength_map()
         .clean(**CLEAN)
         .subtract_background(method="col_wise")
         .clean(**CLEAN)
     )
+    scene.prepared_digest = digest(obs.data, obs.err, obs.dq, obs.outlier_counts)
+    return obs
 
 
 @pytest.fixture(scope="module")
@@ -264,17 +266,18 @@ def test_the_transit_is_followed_not_clipped(scene, prepared, cleaned):
     assert np.all(np.abs(depth - np.array(injected)) < 4 * err), (depth - injected) / err
 
 
-def test_clean_time_bookkeeping(prepared, cleaned):
-    before = digest(prepared.data, prepared.err, prepared.dq, prepared.outlier_counts)
-    again = prepared.clean_time()
-    assert digest(prepared.data, prepared.err, prepared.dq, prepared.outlier_counts) == before
-    assert again.data.tobytes() == cleaned.data.tobytes()
+def test_clean_time_bookkeeping(scene, prepared, cleaned):
+    # the input observation is untouched
+    assert digest(prepared.data, prepared.err, prepared.dq, prepared.outlier_counts) == (
+        scene.prepared_digest
+    )
     replaced = cleaned.data != prepared.data
     # OUTLIER is OR-ed in where a value was replaced; every other bit and pixel is kept
     np.testing.assert_array_equal(cleaned.dq, prepared.dq | (replaced * OUTLIER).astype(np.uint32))
     np.testing.assert_array_equal(cleaned.err[~replaced], prepared.err[~replaced])
     # the replacements near the trace are added to the per-integration counts
-    near = outlier_counts(replaced, cleaned._trace_columns(cleaned.data))
+    sample = np.unique(np.linspace(0, cleaned.nints - 1, 64).astype(int))
+    near = outlier_counts(replaced, cleaned._trace_columns(cleaned.data[sample]))
     np.testing.assert_array_equal(cleaned.outlier_counts, prepared.outlier_counts + near)
     record = cleaned.history[-1]
     assert record.step == "clean_time"
