@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .io.hdf5 import load
     from .observation import LRSObservation
     from .plugins import list_plugins, methods
-    from .simulate import simulate
+    from .simulation import simulate
 
 __all__ = [
     "DataWarning",
@@ -67,7 +67,7 @@ _LAZY = {
     "open": ".io.fits",
     "load": ".io.hdf5",
     "LRSObservation": ".observation",
-    "simulate": ".simulate",
+    "simulate": ".simulation",
     "methods": ".plugins",
     "list_plugins": ".plugins",
     "reduce": ".chunked",

@@ -96,7 +96,7 @@ def contract_observation(nints: int = CONTRACT_NINTS, seed: int = CONTRACT_SEED)
 
 @functools.cache
 def _simulated(nints: int, seed: int):
-    import exomiri  # through the package: importing exomiri.simulate first would shadow it
+    import exomiri
 
     return exomiri.simulate(nints=nints, seed=seed, depth=0.0).wavelength_map()
 

@@ -36,7 +36,7 @@ def build():
     from exomiri.observation import INT_TIMES_DTYPE, LRSObservation, ObservationMeta, Segment
     from exomiri.products import BackgroundModel, Shifts, Spectra, WavelengthQuality
     from exomiri.provenance import StepRecord
-    from exomiri.simulate import SimulationTruth
+    from exomiri.simulation import SimulationTruth
 
     nints, nrows, ncols = SHAPE
     data = _ramp(SHAPE, 0.5, 100.0).astype(np.float32)
