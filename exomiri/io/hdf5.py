@@ -347,7 +347,7 @@ def _read_product(group: h5py.Group, path: Path) -> Product:
     kind = group.attrs.get(_ENC_TYPE)
     cls = PRODUCT_TYPES.get(kind)
     if cls is None and kind == "SimulationTruth":
-        from ..simulate import SimulationTruth as cls  # registers itself on import
+        from ..simulation import SimulationTruth as cls  # registers itself on import
     if cls is None:
         raise SessionFormatError(
             f"{path}: product {group.name} has unknown encoding-type {kind!r}; a newer exomiri "
