@@ -1,9 +1,12 @@
 """MkDocs hook of the exomiri documentation site.
 
-Notebooks (``*.ipynb``) become pages: a ``<name>.md`` page is generated from
-``<name>.ipynb`` (markdown cells as they are, code cells as Python blocks,
-text outputs when the notebook was saved with them), and the notebook itself
-stays downloadable next to it.
+- Notebooks (``*.ipynb``) become pages: a ``<name>.md`` page is generated
+  from ``<name>.ipynb`` (markdown cells as they are, code cells as Python
+  blocks, text outputs when the notebook was saved with them), and the
+  notebook itself stays downloadable next to it.
+- Pages kept outside ``docs/`` (:data:`OUTSIDE_PAGES`, such as the benchmark
+  figures in ``benchmarks/README.md``) are published as they are, so the site
+  quotes them without a copy that could go stale.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from mkdocs.structure.files import File, Files
 
 _OUTPUT_TYPES = ("text/markdown", "text/plain")
+#: Site page -> file, relative to the repository root (the folder of mkdocs.yml).
+OUTSIDE_PAGES = {"benchmarks.md": "benchmarks/README.md"}
 
 
 def _text(value) -> str:
@@ -59,4 +64,8 @@ def on_files(files: Files, config) -> Files:
                     Path(file.abs_src_path).read_text(encoding="utf-8"), Path(file.src_uri).name
                 )
                 files.append(File.generated(config, page, content=content))
+    root = Path(config.config_file_path).parent
+    for page, source in OUTSIDE_PAGES.items():
+        if (root / source).exists() and files.get_file_from_path(page) is None:
+            files.append(File.generated(config, page, abs_src_path=str(root / source)))
     return files
