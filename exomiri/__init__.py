@@ -8,7 +8,9 @@
 
 The public face is small: :func:`open` (read ``*_rateints.fits`` segments),
 :func:`load` (a saved session), :func:`simulate` (a synthetic observation with
-a known transit), :class:`LRSObservation`, :func:`methods` and
+a known transit), :class:`LRSObservation`, :func:`reduce` (a long observation
+chunk by chunk in bounded memory, optionally on Dask; returns a
+:class:`Reduction` when the cubes go to a session file), :func:`methods` and
 :func:`list_plugins`, :data:`hookimpl` for plugin authors, and the exceptions.
 Submodules load lazily so that ``import exomiri`` stays quick.
 """
