@@ -220,9 +220,8 @@ def _run_chunk(chunk: LRSObservation, plan: _Plan) -> _ChunkOutput:
 # --------------------------------------------------------------------------- sources
 
 
-def _slice(obs: LRSObservation, start: int, stop: int) -> LRSObservation:
-    """Integrations [start, stop) of an in-memory observation, without a history record."""
-    index = slice(start, stop)
+def _take(obs: LRSObservation, index: slice | np.ndarray) -> LRSObservation:
+    """Some integrations of an in-memory observation, without a history record."""
     changes: dict[str, Any] = {}
     for name in LRSObservation.PER_INTEGRATION:
         value = getattr(obs, name)
@@ -235,6 +234,10 @@ def _slice(obs: LRSObservation, start: int, stop: int) -> LRSObservation:
     return dataclasses.replace(obs, **changes)
 
 
+def _slice(obs: LRSObservation, start: int, stop: int) -> LRSObservation:
+    return _take(obs, slice(start, stop))
+
+
 def _copy_first(obs: LRSObservation) -> LRSObservation:
     """The first integration of ``obs`` with its own copies of the cubes (no views)."""
     first = _slice(obs, 0, 1)
@@ -242,18 +245,6 @@ def _copy_first(obs: LRSObservation) -> LRSObservation:
         first,
         **{name: np.array(getattr(first, name)) for name in _CUBES if getattr(first, name) is not None},
     )
-
-
-def _take(obs: LRSObservation, index: np.ndarray) -> LRSObservation:
-    changes = {
-        name: getattr(obs, name)[index]
-        for name in (*LRSObservation.PER_INTEGRATION,)
-        if getattr(obs, name) is not None
-    }
-    changes.update(
-        {name: getattr(obs, name).take(index) for name in LRSObservation.PRODUCTS if getattr(obs, name) is not None}
-    )
-    return dataclasses.replace(obs, **changes)
 
 
 class _Source:
