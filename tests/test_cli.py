@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +67,14 @@ def write(tmp_path, text: str, name: str = "reduce.toml"):
 
 
 # ------------------------------------------------------------------- reduce
-def test_reduce_runs_the_default_chain_on_the_segments(segments, session):
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_reduce_runs_the_default_chain_on_the_segments(segments, session, tmp_path):
+    before = [digest(s) for s in segments]
+    ok("reduce", *segments, "-o", tmp_path / "again.h5")
+    assert [digest(s) for s in segments] == before  # the inputs are never modified
     reduced = exomiri.load(session)
     assert reduced.steps_done == [step for step, _ in DEFAULT_CHAIN]
     assert [s.filename for s in reduced.meta.segments] == [s.rsplit("/", 1)[-1] for s in segments]
