@@ -102,6 +102,14 @@ class ObservationMeta:
     def from_dict(cls, d: dict[str, Any]) -> ObservationMeta:
         d = dict(d)
         d["segments"] = tuple(Segment(**s) for s in d.get("segments", ()))
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        for f in dataclasses.fields(cls):  # a damaged record must not pass for a good one
+            value, kind = d.get(f.name), kinds.get(str(f.type))
+            wrong = kind is not None and (
+                not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool")
+            )
+            if f.name in d and (wrong or (f.name == "header" and not isinstance(value, dict))):
+                raise InputError(f"Observation metadata {f.name}={value!r} is not of type {f.type}.")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -234,9 +242,61 @@ class LRSObservation:
                 f"int_times has {len(self.int_times)} records for {shape[0]} integrations; "
                 "the INT_TIMES table must have one row per integration."
             )
+        self._check_kinds()
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _readonly(getattr(self, f.name)))
         object.__setattr__(self, "history", tuple(self.history))
+
+    def _check_kinds(self) -> None:
+        """Refuse arrays of the wrong kind or frame (a damaged file, a mix-up by hand)."""
+        nints, nrows, ncols = self.data.shape
+        kinds = {"data": "fiu", "err": "fiu", "dq": "iu", "var_poisson": "fiu", "var_rnoise": "fiu"}
+        for name, allowed in kinds.items():
+            value = getattr(self, name)
+            if value is not None and np.asarray(value).dtype.kind not in allowed:
+                raise InputError(
+                    f"{name} has dtype {np.asarray(value).dtype}; expected "
+                    f"{'integer DQ flags' if name == 'dq' else 'real numbers'}."
+                )
+        names = getattr(np.asarray(self.int_times).dtype, "names", None) or ()
+        missing = [c for c in INT_TIMES_COLUMNS if c not in names]
+        if missing:
+            raise InputError(f"int_times has no column(s) {', '.join(missing)}; see INT_TIMES_COLUMNS.")
+        frames = {
+            "wavelength": (nrows, ncols),
+            "wavelength_extension": (nrows, ncols),
+            "trace": (nrows,),
+        }
+        for name, expected in frames.items():
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != expected:
+                raise InputError(
+                    f"{name} has shape {np.shape(value)}; expected {expected} for frames of "
+                    f"{nrows} x {ncols}."
+                )
+        if self.outlier_counts is not None and np.shape(self.outlier_counts)[:2] != (nints, nrows):
+            raise InputError(
+                f"outlier_counts has shape {np.shape(self.outlier_counts)}; expected "
+                f"({nints}, {nrows}, ...)."
+            )
+        for name in self.PRODUCTS:
+            product = getattr(self, name)
+            for field_name in getattr(product, "per_integration", ()):
+                length = np.shape(getattr(product, field_name))[:1]
+                if length != (nints,):
+                    raise InputError(
+                        f"{name}.{field_name} has shape {np.shape(getattr(product, field_name))}; "
+                        f"its first axis must run over the {nints} integrations."
+                    )
+        if self.spectra is not None:
+            nwave = np.shape(self.spectra.flux)[1:]
+            for field_name in ("flux_err", "n_rejected", "wavelength", "rows", "quality"):
+                shape = np.shape(getattr(self.spectra, field_name))
+                if shape[-1:] != nwave or len(shape) not in (1, 2):
+                    raise InputError(
+                        f"spectra.{field_name} has shape {shape}; spectra.flux has "
+                        f"{np.shape(self.spectra.flux)}."
+                    )
 
     # ------------------------------------------------------------------ basics
     @property

@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..dq import FLAGS
-from ..exceptions import DataWarning, InputError
+from ..exceptions import DataWarning, ExomiriError, InputError
 from ..observation import (
     INT_TIMES_COLUMNS,
     INT_TIMES_DTYPE,
@@ -44,6 +44,15 @@ _HEADER_KEYS = (
 )
 DO_NOT_USE = np.uint32(1 << FLAGS["DO_NOT_USE"])
 UNRELIABLE_ERROR = np.uint32(1 << FLAGS["UNRELIABLE_ERROR"])
+#: Primary header keys that must be numbers when present: integers, or any real number.
+_NUMERIC_KEYS = {
+    **dict.fromkeys(
+        ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "NINTS", "NGROUPS", "NFRAMES", "INTSTART",
+         "INTEND"),
+        int,
+    ),
+    **dict.fromkeys(("TFRAME", "TGROUP", "EFFINTTM", "EFFEXPTM"), int | float),
+}
 _IDENTITY_KEYS = ("PROGRAM", "OBSERVTN", "VISIT", "EXPOSURE", "NINTS", "SUBARRAY", "TARGPROP")
 
 
@@ -85,9 +94,10 @@ def _check_header(path: Path) -> dict[str, Any]:
                 for name in _REQUIRED_EXTENSIONS
                 if name in names
             }
-    except OSError as exc:
+    except Exception as exc:  # astropy raises OSError, VerifyError, KeyError... on damaged files
         raise InputError(
-            f"{path}: not a readable FITS file ({exc}). Give a JWST *_rateints.fits file."
+            f"{path}: not a readable FITS file ({type(exc).__name__}: {exc}). Give a JWST "
+            "*_rateints.fits file."
         ) from exc
 
     def need(key: str, expected: Any, fix: str) -> None:
@@ -130,6 +140,13 @@ def _check_header(path: Path) -> dict[str, Any]:
     for key in ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2"):
         if key not in keys:
             raise InputError(f"{path}: primary header has no {key}; cannot place the subarray.")
+    for key, kinds in _NUMERIC_KEYS.items():
+        value = keys.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise InputError(
+                f"{path}: {key}={value!r} in the primary header is not a number; the header is "
+                "damaged. Use the file as the pipeline wrote it."
+            )
     if (keys["SUBSIZE2"], keys["SUBSIZE1"]) != tuple(sci[1:]):
         raise InputError(
             f"{path}: SUBSIZE2 x SUBSIZE1 = {keys['SUBSIZE2']} x {keys['SUBSIZE1']} but the frames "
@@ -142,6 +159,24 @@ def _native(array: np.ndarray | None, dtype: Any) -> np.ndarray | None:
     if array is None:
         return None
     return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _read_checked(path: Path, keys: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_read_one`, with whatever the data model raises on a damaged file (schema,
+    array and table errors of any type) turned into an InputError naming the file."""
+    try:
+        part = _read_one(path, keys)
+    except ExomiriError:
+        raise
+    except Exception as exc:
+        raise InputError(
+            f"{path}: the JWST data model cannot read it ({type(exc).__name__}: {exc}). The file "
+            "is damaged, or was not written by calwebb_detector1; use the file as the pipeline "
+            "wrote it."
+        ) from exc
+    for note in part.pop("notes"):
+        warnings.warn(DataWarning(note), stacklevel=4)
+    return part
 
 
 def _read_one(path: Path, keys: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +222,14 @@ def _read_one(path: Path, keys: dict[str, Any]) -> dict[str, Any]:
                 return _native(value, np.float32) if np.shape(value) == model.data.shape else None
 
             wave = model.wavelength if "WAVELENGTH" in extensions else None
+            notes = []  # warned about by _read_checked, outside the silenced block
+            if wave is not None and np.shape(wave) != model.data.shape[1:]:
+                notes.append(
+                    f"{path}: the WAVELENGTH extension has shape {np.shape(wave)}, not the "
+                    f"frames' {model.data.shape[1:]}; it is ignored (wavelength_map() uses "
+                    "the WCS or the bundled calibration)."
+                )
+                wave = None
             wcs = getattr(model.meta, "wcs", None)
             return {
                 "data": _native(model.data, np.float32),
@@ -197,6 +240,7 @@ def _read_one(path: Path, keys: dict[str, Any]) -> dict[str, Any]:
                 "wavelength": _native(wave, np.float64) if wave is not None and np.ndim(wave) == 2 else None,
                 "wcs": wcs,
                 "int_times": int_times,
+                "notes": notes,
                 "first": first,
                 "last": last,
             }
@@ -270,7 +314,7 @@ def open(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LRSObservati
                     f"{path} and {ref_path} have different frames ({key}={keys.get(key)} vs "
                     f"{ref.get(key)}); segments of one exposure share one subarray."
                 )
-    parts = [_read_one(path, keys) for path, keys in headers]
+    parts = [_read_checked(path, keys) for path, keys in headers]
     for (prev_path, _), (path, _), a, b in zip(headers, headers[1:], parts, parts[1:], strict=False):
         if b["first"] <= a["last"]:
             raise InputError(

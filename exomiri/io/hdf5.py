@@ -400,11 +400,12 @@ def load(path: str | os.PathLike) -> LRSObservation:
                 StepRecord.from_json(r.decode() if isinstance(r, bytes) else r) for r in records
             )
             fields.update(fixes)
-    except SessionFormatError:
+            obs = LRSObservation(**fields)
+    except (SessionFormatError, Warning):
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except Exception as exc:  # h5py, JSON, numpy, the constructor: all say the file is damaged
         raise SessionFormatError(
             f"{path} could not be read as an exomiri session ({type(exc).__name__}: {exc}). "
             "The file is truncated or damaged; load an earlier copy or redo the steps."
         ) from exc
-    return LRSObservation(**fields)
+    return obs
