@@ -156,8 +156,8 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _pixel_range(name: str, value: Any, size: int, what: str, example: str) -> tuple[int, int]:
-    """A half-open (start, stop) range of integers inside [0, size]."""
+def _pixel_range(call: str, value: Any, size: int, what: str, example: str) -> tuple[int, int]:
+    """A half-open (start, stop) range of integers inside [0, size]; ``call`` is e.g. ``align(x_rows``."""
     if (
         isinstance(value, str | bytes)
         or not isinstance(value, Sequence | np.ndarray)
@@ -165,12 +165,13 @@ def _pixel_range(name: str, value: Any, size: int, what: str, example: str) -> t
         or not all(_is_integer(v) for v in value)
     ):
         raise InputError(
-            f"{name}={value!r} must be a (start, stop) pair of integer {what}, e.g. {name}={example}."
+            f"{call}={value!r}): expected a (start, stop) pair of integer {what}, e.g. "
+            f"{call}={example})."
         )
     start, stop = (int(v) for v in value)
     if not 0 <= start < stop <= size:
         raise InputError(
-            f"{name}={value!r} must be a half-open range inside the frame's {size} {what}: "
+            f"{call}={value!r}): the half-open range must lie inside the frame's {size} {what}: "
             f"0 <= start < stop <= {size}."
         )
     return start, stop
@@ -1172,12 +1173,12 @@ class LRSObservation:
         x_rows = (
             self._default_rows((200, 390))
             if x_rows is None
-            else _pixel_range("align(x_rows)", x_rows, nrows, "rows", "(200, 390)")
+            else _pixel_range("align(x_rows", x_rows, nrows, "rows", "(200, 390)")
         )
         x_columns = (
             self._default_columns((12, 68))
             if x_columns is None
-            else _pixel_range("align(x_columns)", x_columns, ncols, "columns", "(12, 68)")
+            else _pixel_range("align(x_columns", x_columns, ncols, "columns", "(12, 68)")
         )
         if x_columns[1] - x_columns[0] < 8:
             raise InputError(

@@ -191,7 +191,8 @@ def _read_one(path: Path, keys: dict[str, Any]) -> dict[str, Any]:
             if last - first + 1 != nints:
                 raise InputError(
                     f"{path}: INTSTART={first}, INTEND={last} describe {last - first + 1} "
-                    f"integrations but the file holds {nints}."
+                    f"integrations but the file holds {nints}; the header does not describe the "
+                    "data. Use the file as the pipeline wrote it."
                 )
             table = model.int_times
             if table is None or len(table) == 0:
