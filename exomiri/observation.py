@@ -769,12 +769,14 @@ class LRSObservation:
 
     def _trace_columns(self, data: np.ndarray) -> np.ndarray:
         """Per-row trace column: the calibrated tilt placed at the measured PSF position."""
-        from .steps.extract import fit_psf
+        from .steps.extract import fit_psf, nanmedian
 
         rows = self._default_rows((200, 390))
         cols = self._default_columns((12, 68))
         tilt = self._calibrated_trace()
-        median_frame = np.nanmedian(data[:, rows[0] : rows[1], :], axis=0)
+        # The median of at most 64 frames spread over the visit places the trace well enough.
+        sample = np.unique(np.linspace(0, len(data) - 1, min(len(data), 64)).astype(int))
+        median_frame = nanmedian(data[sample, rows[0] : rows[1], :], axis=0)
         position, _ = fit_psf(median_frame[None], rows=(0, rows[1] - rows[0]), columns=cols)
         anchor = np.nanmean(tilt[rows[0] : rows[1]])
         centre = float(position[0]) if np.isfinite(position[0]) else 36.0 + self.meta.col_offset
@@ -1019,8 +1021,8 @@ class LRSObservation:
             "subtract_background"
         )
         if self.background is not None:
-            background = self.background.evaluate().astype(np.float32)
-            background_err = np.sqrt(self.background.variance()).astype(np.float32)
+            background = self.background.evaluate(dtype=np.float32)
+            background_err = np.sqrt(self.background.variance(dtype=np.float32))
             background_err = np.broadcast_to(background_err, self.shape)
         else:
             background, background_err = np.zeros(1, np.float32), None

@@ -196,13 +196,25 @@ class BackgroundModel(Product):
     def nints(self) -> int:
         return self.coeffs.shape[0]
 
-    def evaluate(self, index: slice | np.ndarray = slice(None)) -> np.ndarray:
+    def evaluate(self, index: slice | np.ndarray = slice(None), dtype: type = np.float64) -> np.ndarray:
         """The background cube (nints, nrows, ncols) for the selected integrations."""
-        return np.einsum("irk,ck->irc", self.coeffs[index], self.basis)
+        coeffs = self.coeffs[index].astype(dtype, copy=False)
+        basis = self.basis.astype(dtype, copy=False)
+        out = coeffs[..., 0, None] * basis[:, 0]
+        for k in range(1, basis.shape[1]):
+            out += coeffs[..., k, None] * basis[:, k]
+        return out
 
-    def variance(self, index: slice | np.ndarray = slice(None)) -> np.ndarray:
+    def variance(self, index: slice | np.ndarray = slice(None), dtype: type = np.float64) -> np.ndarray:
         """Variance of the background estimate at every pixel (nints, nrows, ncols)."""
-        return np.einsum("ck,irkl,cl->irc", self.basis, self.cov[index], self.basis)
+        cov = self.cov[index].astype(dtype, copy=False)
+        basis = self.basis.astype(dtype, copy=False)
+        nk = basis.shape[1]
+        out = np.zeros((*cov.shape[:2], basis.shape[0]), dtype)
+        for k in range(nk):
+            for m in range(nk):
+                out += cov[..., k, m, None] * (basis[:, k] * basis[:, m])
+        return out
 
     def level(self, column: float | None = None) -> np.ndarray:
         """Background (nints, nrows) at one column (default: the middle of the subarray)."""
