@@ -32,6 +32,9 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SessionWriter", "load", "save"]
 
 FORMAT_NAME = "exomiri-session"
 FORMAT_VERSION = "1.0"
+#: HDF5 1.8 file-format features: readable by every HDF5 library since 2008, and its
+#: metadata carries checksums, so most damage is detected instead of crashing the reader.
+_LIBVER = ("v108", "v108")
 _ENC_TYPE = "encoding-type"
 _ENC_VERSION = "encoding-version"
 
@@ -178,7 +181,7 @@ def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     fh = None
     try:
         fh = GuardedFile(tmp)  # a failing disk must not leave HDF5 half-open (see safefile)
-        with h5py.File(fh, "w") as f:
+        with h5py.File(fh, "w", libver=_LIBVER) as f:
             _write_session(f, obs)
         fh.close()
         fh.check(target)
@@ -224,7 +227,7 @@ class SessionWriter:
             raise SessionFormatError(f"SessionWriter({path}): nints={nints} must be at least 1.")
         self._tmp = _temporary_beside(self.target)
         self._fh = GuardedFile(self._tmp)
-        self._file: h5py.File | None = h5py.File(self._fh, "w")
+        self._file: h5py.File | None = h5py.File(self._fh, "w", libver=_LIBVER)
         self._group = _write_root(self._file, meta)
         self._written = 0
         self._names: tuple[str, ...] | None = None
