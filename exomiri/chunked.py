@@ -185,7 +185,7 @@ def _uses_median_profile(obs: LRSObservation, params: dict[str, Any]) -> bool:
 
 def _run_chunk(chunk: LRSObservation, plan: _Plan) -> _ChunkOutput:
     """Run the plan's steps (align excepted) on one chunk of integrations."""
-    from .steps.align import cross_dispersion_profiles
+    from .steps.align import cross_dispersion_profiles, cross_dispersion_variance
 
     start_history = len(chunk.history)
     obs = _ChunkObservation(
@@ -199,10 +199,7 @@ def _run_chunk(chunk: LRSObservation, plan: _Plan) -> _ChunkOutput:
             profiles = np.zeros((obs.nints, 2, obs.shape[2]))
             profiles[:, 0, c0:c1] = cross_dispersion_profiles(obs.data, rows=(r0, r1), columns=(c0, c1))
             # the photon-noise variance of each profile value, which align weights by
-            with np.errstate(invalid="ignore"):
-                profiles[:, 1, c0:c1] = np.nansum(
-                    np.square(obs.err[:, r0:r1, c0:c1], dtype=np.float64), axis=1
-                )
+            profiles[:, 1, c0:c1] = cross_dispersion_variance(obs.err, rows=(r0, r1), columns=(c0, c1))
             duration = perf_counter() - t0
             continue
         if verb == "extract" and plan.profile_template is not None and _uses_median_profile(obs, params):

@@ -540,8 +540,8 @@ def _extraction_frames(given: _Input, params: dict[str, Any], profile: Any = Non
     obs = given.obs
     background = given.background
     if background is not None:
-        level = background.evaluate().astype(np.float32)
-        level_err = np.sqrt(background.variance()).astype(np.float32)
+        level = background.evaluate(dtype=np.float32)
+        level_err = np.sqrt(background.variance(dtype=np.float32))
     else:
         level, level_err = np.zeros(1, np.float32), None
     return ExtractionInput(
@@ -793,7 +793,7 @@ class AlignSpectraStep(_Step):
         y, _ = kernel.measure_shifts(flux, weights=weights)
         rows = obs._default_rows(PSF_ROWS)
         columns = obs._default_columns(PSF_COLUMNS)
-        x, _ = kernel.measure_shifts(kernel.cross_dispersion_profiles(obs.data, rows, columns))
+        x, _ = kernel.cross_dispersion_shifts(obs.data, obs.err, rows, columns)
         if params["align_spectra"]:
             flux, err = kernel.resample(flux, err, y)
         return flux, err, x, y

@@ -1198,14 +1198,7 @@ class LRSObservation:
             weights = np.where(use, 1.0 / spectra.flux_err**2, 0.0)
         weights[~np.isfinite(weights)] = 0.0
         y, y_err = kernel.measure_shifts(flux, weights=weights)
-        profiles = kernel.cross_dispersion_profiles(self.data, rows=x_rows, columns=x_columns)
-        # The profiles' noise follows the PSF (photon noise): weight by it.
-        r0, r1 = x_rows
-        c0, c1 = x_columns
-        with np.errstate(invalid="ignore", divide="ignore"):
-            variance = np.nansum(np.square(self.err[:, r0:r1, c0:c1], dtype=np.float64), axis=1)
-            x_weights = np.where(variance > 0, 1.0 / variance, 0.0)
-        x, x_err = kernel.measure_shifts(profiles, weights=x_weights)
+        x, x_err = kernel.cross_dispersion_shifts(self.data, self.err, x_rows, x_columns)
         shifts = Shifts(x=x, y=y, x_err=x_err, y_err=y_err)
         new_spectra = spectra
         if align_spectra:

@@ -116,3 +116,16 @@ def test_not_a_session(tmp_path):
         exomiri.load(path)
     with pytest.raises(SessionFormatError, match="no such session"):
         exomiri.load(tmp_path / "absent.h5")
+
+
+def test_a_new_session_gets_the_usual_file_mode(small_obs, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "mode.h5"
+        small_obs.save(path)
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        small_obs.save(path)  # replacing a file keeps its mode
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)

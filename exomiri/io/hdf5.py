@@ -164,9 +164,21 @@ def _temporary_beside(target: Path) -> str:
 
 
 def _commit(tmp: str, target: Path) -> None:
-    """Flush the finished temporary file to disk and move it over the target."""
+    """Flush the finished temporary file to disk and move it over the target.
+
+    The temporary file was created private (mode 0600); the session gets the
+    mode of the file it replaces, or the usual one for a new file (0666 less
+    the umask).
+    """
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    if target.exists():
+        mode = target.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
     os.replace(tmp, target)
 
 

@@ -33,7 +33,13 @@ from scipy.interpolate import CubicSpline
 
 from ..exceptions import InputError
 
-__all__ = ["cross_dispersion_profiles", "measure_shifts", "resample"]
+__all__ = [
+    "cross_dispersion_profiles",
+    "cross_dispersion_shifts",
+    "cross_dispersion_variance",
+    "measure_shifts",
+    "resample",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -558,6 +564,36 @@ def cross_dispersion_profiles(
 # ---------------------------------------------------------------------------
 # re-sampling
 # ---------------------------------------------------------------------------
+
+
+def cross_dispersion_shifts(
+    data: np.ndarray,
+    err: np.ndarray,
+    rows: tuple[int, int] = (200, 390),
+    columns: tuple[int, int] = (12, 68),
+) -> tuple[np.ndarray, np.ndarray]:
+    """x (cross-dispersion) shift of each integration and its 1-sigma error (pixels).
+
+    The profiles of :func:`cross_dispersion_profiles` are matched to their
+    time-median by :func:`measure_shifts`, each column weighted by the
+    inverse of its summed variance (photon noise follows the PSF, so the
+    wings must not weigh as much as the core).
+    """
+    profiles = cross_dispersion_profiles(data, rows=rows, columns=columns)
+    variance = cross_dispersion_variance(err, rows=rows, columns=columns)
+    with np.errstate(divide="ignore"):
+        weights = np.where(variance > 0, 1.0 / variance, 0.0)
+    return measure_shifts(profiles, weights=weights)
+
+
+def cross_dispersion_variance(
+    err: np.ndarray, rows: tuple[int, int] = (200, 390), columns: tuple[int, int] = (12, 68)
+) -> np.ndarray:
+    """Variance (n, ncols) of the profiles of :func:`cross_dispersion_profiles`, from ``err``."""
+    r0, r1 = rows
+    c0, c1 = columns
+    with np.errstate(invalid="ignore"):
+        return np.nansum(np.square(np.asarray(err)[:, r0:r1, c0:c1], dtype=np.float64), axis=1)
 
 
 def resample(
