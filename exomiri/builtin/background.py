@@ -32,6 +32,7 @@ import numpy as np
 from ..exceptions import InputError
 from ..hookspecs import BackgroundInput, hookimpl
 from ..products import BackgroundModel
+from ..steps._pool import thread_map
 from ..steps.background import nanmedian_lastaxis
 from ..steps.lstsq import batched_wls, legendre_design
 
@@ -404,7 +405,8 @@ def _polynomial_background(
     nints, nrows, _ = frames.data.shape
     coeffs_out = np.empty((nints, nrows, k))
     cov_out = np.empty((nints, nrows, k, k))
-    for block in _blocks(nints, nrows * m * 8 * _TEMPORARIES):
+
+    def fit(block: slice) -> None:
         values, err = _region_pixels(frames, region, block, weighted)
         nb = values.shape[0]
         y = values.reshape(nb * nrows, m)
@@ -429,6 +431,9 @@ def _polynomial_background(
         cov[~enough] = np.nan
         coeffs_out[block] = coeffs.reshape(nb, nrows, k)
         cov_out[block] = cov.reshape(nb, nrows, k, k)
+
+    # Blocks are independent (every series is fitted on its own): run them on threads.
+    thread_map(fit, _blocks(nints, nrows * m * 8 * _TEMPORARIES))
     return BackgroundModel(basis=basis, coeffs=coeffs_out, cov=cov_out)
 
 

@@ -14,8 +14,9 @@ time on the dozens of passes over (series, pixels) temporaries that each
 clipping iteration needs (medians by sorting, masks, matrix products),
 while one loop over a series' pixels in registers does all of it.  Numba
 compiles the loop once (cached on disk, so later processes load it in a
-fraction of a second).  It runs on one core: the chunked and Dask executors
-parallelise over integrations, and threads here only competed with them.
+fraction of a second).  The kernels release the GIL: the callers run blocks
+of integrations on a thread pool (:mod:`exomiri.steps._pool`), and every
+series is fitted on its own, so results do not depend on the threads.
 
 A series whose normal matrix turns out exactly singular is reported in
 ``fallback``; the caller refits those with the numpy code, which handles
@@ -178,7 +179,7 @@ def _lad(design, y, w, usable, coef, resid, weights, inverse, ata, rhs):
 _BLOCK = 256  # series per pass of the loop (work buffers are allocated once per pass)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def fit_series(design, y, w, usable, nmin, sigma_clip, max_iterations, weighted, clip):
     """Fit every series (row of y): coefficients (N, k), inverse normal matrices (N, k, k),
     the reduced chi-square of the kept pixels (N,), whether the series had enough pixels,
@@ -302,33 +303,47 @@ def _fit_one(
     reduced[s] = chi2 / max(dof, 1) if dof > 0 else np.nan
 
 
-@njit(cache=True)
-def subtract_model(data, err, coeffs, cov, basis):
-    """``data - background`` and ``sqrt(err**2 + variance)`` (float32) in one pass;
-    NaN error where ``err`` is not finite and positive.
+@njit(cache=True, nogil=True)
+def subtract_model_into(data, err, coeffs, cov, basis, out, err_out):
+    """``data - background`` and ``sqrt(err**2 + variance)`` (float32) into ``out`` and
+    ``err_out``; NaN error where ``err`` is not finite and positive.
 
     ``coeffs`` (n, nrows or 1, k), ``cov`` (n, nrows or 1, k, k), ``basis``
-    (ncols, k): the :class:`~exomiri.products.BackgroundModel` evaluated
-    pixel by pixel, in float64, without the (n, nrows, ncols) float64
-    temporaries of ``evaluate()`` and ``variance()``.
+    (ncols, k): the :class:`~exomiri.products.BackgroundModel` evaluated in
+    float64, without the (n, nrows, ncols) float64 temporaries of
+    ``evaluate()`` and ``variance()``.  The level and variance of a row are
+    computed once per column (the same sums, in the same order, as pixel by
+    pixel), then applied to the row's pixels.  Releases the GIL.
     """
     n, nrows, ncols = data.shape
     k = basis.shape[1]
     one_row = coeffs.shape[1] == 1
-    out = np.empty(data.shape, dtype=np.float32)
-    err_out = np.empty(data.shape, dtype=np.float32)
+    level = np.empty(ncols)
+    variance = np.empty(ncols)
     for i in range(n):
         for r in range(nrows):
             rr = 0 if one_row else r
+            if r == 0 or not one_row:
+                for c in range(ncols):
+                    lv = 0.0
+                    var = 0.0
+                    for p in range(k):
+                        lv += coeffs[i, rr, p] * basis[c, p]
+                        for q in range(k):
+                            var += basis[c, p] * cov[i, rr, p, q] * basis[c, q]
+                    level[c] = lv
+                    variance[c] = var
             for c in range(ncols):
-                level = 0.0
-                variance = 0.0
-                for p in range(k):
-                    level += coeffs[i, rr, p] * basis[c, p]
-                    for q in range(k):
-                        variance += basis[c, p] * cov[i, rr, p, q] * basis[c, q]
-                out[i, r, c] = np.float64(data[i, r, c]) - level
+                out[i, r, c] = np.float64(data[i, r, c]) - level[c]
                 e = np.float64(err[i, r, c])
                 # an unusable error (not finite and positive) stays unusable
-                err_out[i, r, c] = math.sqrt(e * e + variance) if e > 0 and e < np.inf else np.nan
+                err_out[i, r, c] = math.sqrt(e * e + variance[c]) if e > 0 and e < np.inf else np.nan
+
+
+@njit(cache=True, nogil=True)
+def subtract_model(data, err, coeffs, cov, basis):
+    """:func:`subtract_model_into` new float32 arrays; returns ``(out, err_out)``."""
+    out = np.empty(data.shape, dtype=np.float32)
+    err_out = np.empty(data.shape, dtype=np.float32)
+    subtract_model_into(data, err, coeffs, cov, basis, out, err_out)
     return out, err_out

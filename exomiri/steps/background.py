@@ -26,6 +26,7 @@ import numpy as np
 
 from ..exceptions import InputError
 from ..products import BackgroundModel
+from ._pool import spans, thread_map
 
 __all__ = [
     "DEFAULT_REGIONS",
@@ -41,6 +42,8 @@ DEFAULT_REGIONS: tuple[tuple[int, int], ...] = ((8, 17), (56, 72))
 _EXAMPLE = "e.g. regions=[(8, 17), (56, 72)]"
 #: Rough bound on the temporaries of :func:`smooth_rows` per block of integrations.
 _SMOOTH_BLOCK_BYTES = 32 * 2**20
+#: Integrations per block of :func:`subtract` (blocks run on threads).
+_SUBTRACT_BLOCK = 32
 
 
 def nanmedian_lastaxis(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +254,7 @@ def subtract(
             "same frames (and index)."
         )
     try:
-        from ._jit_background import subtract_model
+        from ._jit_background import subtract_model_into
     except ImportError:  # pragma: no cover - numba missing
         background = model.evaluate(index)
         variance = model.variance(index)
@@ -260,12 +263,22 @@ def subtract(
             err_out = np.sqrt(err.astype(np.float64) ** 2 + variance).astype(np.float32)
             err_out[~(np.isfinite(err) & (err > 0))] = np.nan
         return out, err_out
-    # One pass over the pixels (numba), without float64 background and variance cubes.
+    # One pass over the pixels (numba), without float64 background and variance cubes,
+    # blocks of integrations on threads (each pixel's result depends on that pixel only).
     # numba compiles for native byte order only (FITS arrays are big-endian).
-    return subtract_model(
-        np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("=")),
-        np.ascontiguousarray(err, dtype=err.dtype.newbyteorder("=")),
-        np.ascontiguousarray(coeffs, dtype=np.float64),
-        np.ascontiguousarray(cov, dtype=np.float64),
-        np.ascontiguousarray(model.basis, dtype=np.float64),
-    )
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
+    err = np.ascontiguousarray(err, dtype=err.dtype.newbyteorder("="))
+    coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
+    cov = np.ascontiguousarray(cov, dtype=np.float64)
+    basis = np.ascontiguousarray(model.basis, dtype=np.float64)
+    out = np.empty(data.shape, dtype=np.float32)
+    err_out = np.empty(data.shape, dtype=np.float32)
+
+    def work(span: tuple[int, int]) -> None:
+        part = slice(*span)
+        subtract_model_into(
+            data[part], err[part], coeffs[part], cov[part], basis, out[part], err_out[part]
+        )
+
+    thread_map(work, spans(nints, _SUBTRACT_BLOCK))
+    return out, err_out
