@@ -523,13 +523,10 @@ class LRSObservation:
         ``dq_bits_to_mask`` and :meth:`clean` has not replaced it (a replaced
         pixel has the OUTLIER bit OR-ed in).
         """
+        from .steps.pixels import unusable
+
         bits = dqflags.bit_mask(dq_bits_to_mask)
-        bad = ~np.isfinite(self.data)
-        with np.errstate(invalid="ignore"):
-            bad |= ~(np.isfinite(self.err) & (self.err > 0))
-        if bits:
-            bad |= ((self.dq & bits) != 0) & ((self.dq & dqflags.OUTLIER) == 0)
-        return bad
+        return unusable(self.data, self.err, self.dq, bits, dqflags.OUTLIER)
 
     # --------------------------------------------------------------- display
     def __repr__(self) -> str:
@@ -1021,8 +1018,9 @@ class LRSObservation:
             "subtract_background"
         )
         if self.background is not None:
-            background = self.background.evaluate(dtype=np.float32)
-            background_err = np.sqrt(self.background.variance(dtype=np.float32))
+            from .steps.pixels import background_cubes
+
+            background, background_err = background_cubes(self.background)
             background_err = np.broadcast_to(background_err, self.shape)
         else:
             background, background_err = np.zeros(1, np.float32), None

@@ -119,3 +119,62 @@ def test_outlier_counts_match_their_definition(per_integration, max_distance):
         near = np.abs(np.arange(20) - centre) <= d  # NaN rows compare False
         assert np.array_equal(counts[..., d], (replaced & near).sum(axis=-1))
     assert counts[..., max_distance].sum() > 0
+
+
+def pixel_cubes(seed: int, dtype, dq_dtype, shape=(70, 9, 11)):
+    """Data and err with NaN, inf, zero and negative errors, DQ with several bits set."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(10, 3, shape).astype(dtype)
+    err = rng.uniform(0.5, 2, shape).astype(dtype)
+    data[rng.random(shape) < 0.05] = np.nan
+    data[rng.random(shape) < 0.02] = np.inf
+    err[rng.random(shape) < 0.03] = 0.0
+    err[rng.random(shape) < 0.03] = -1.0
+    err[rng.random(shape) < 0.03] = np.nan
+    err[rng.random(shape) < 0.02] = -np.inf
+    dq = (rng.random(shape) < 0.1) * 1 + (rng.random(shape) < 0.1) * (1 << 11)
+    dq = dq + (rng.random(shape) < 0.3) * (1 << 4)  # OUTLIER: replaced by clean
+    return data, err, dq.astype(dq_dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+@pytest.mark.parametrize("dq_dtype", [np.uint32, np.int32, np.uint16])
+@pytest.mark.parametrize("bits", [(), (0,), (0, 11)])
+def test_unusable_mask_kernel_matches_its_definition(dtype, dq_dtype, bits):
+    from exomiri import dq as dqflags
+    from exomiri.steps.pixels import unusable
+
+    data, err, dq = pixel_cubes(len(bits), dtype, dq_dtype)
+    mask = dqflags.bit_mask(bits)
+    bad = unusable(data, err, dq, mask, dqflags.OUTLIER)
+    with np.errstate(invalid="ignore"):
+        expected = ~np.isfinite(data) | ~(np.isfinite(err) & (err > 0))
+    if bits:
+        expected |= ((dq & mask) != 0) & ((dq & dqflags.OUTLIER) == 0)
+    assert bad.dtype == bool
+    np.testing.assert_array_equal(bad, expected)
+    assert 0 < bad.mean() < 0.5
+    # a view that is not C-ordered takes the numpy path, with the same answer
+    view = unusable(data[:, :, ::2], err[:, :, ::2], dq[:, :, ::2], mask, dqflags.OUTLIER)
+    np.testing.assert_array_equal(view, expected[:, :, ::2])
+
+
+@pytest.mark.parametrize(("k", "rows"), [(1, 1), (1, 9), (2, 9), (3, 9)])
+def test_background_cubes_are_the_float32_model_cubes_bit_for_bit(k, rows):
+    from exomiri.products import BackgroundModel
+    from exomiri.steps.pixels import background_cubes
+
+    rng = np.random.default_rng(k * 10 + rows)
+    basis = legendre_design(np.arange(11.0), k - 1)
+    a = rng.normal(0, 0.3, (70, rows, k, k))
+    cov = a @ a.transpose(0, 1, 3, 2)
+    cov[3, 0, 0, 0] = -1.0  # a negative variance: NaN error, as np.sqrt gives
+    coeffs = rng.normal(5, 1, (70, rows, k))
+    coeffs[5, 0] = np.nan
+    model = BackgroundModel(basis=basis, coeffs=coeffs, cov=cov)
+    level, level_err = background_cubes(model)
+    assert level.dtype == level_err.dtype == np.float32
+    np.testing.assert_array_equal(level, model.evaluate(dtype=np.float32))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(level_err, np.sqrt(model.variance(dtype=np.float32)))
+    assert np.isnan(level_err).any() and np.isnan(level).any()
