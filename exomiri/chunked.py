@@ -63,25 +63,14 @@ from typing import Any
 
 import numpy as np
 
+from .chain import DEFAULT_CHAIN
 from .exceptions import InputError
 from .io.lazy import SegmentReader
 from .observation import LRSObservation, ObservationMeta
 from .products import BackgroundModel, Product, Shifts, Spectra
 from .provenance import StepRecord
 
-__all__ = ["DEFAULT_STEPS", "Reduction", "reduce"]
-
-_CLEAN = {"dq_bits_to_mask": [0, 11], "window_heights": [40], "poly_order": 4, "outlier_threshold": 5.0}
-
-#: The documented chain (as ``exomiri.cli.run_chain``): (verb, parameters) pairs.
-DEFAULT_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("wavelength_map", {}),
-    ("clean", _CLEAN),
-    ("subtract_background", {"method": "col_wise"}),
-    ("clean", _CLEAN),
-    ("extract", {"method": "optimal"}),
-    ("align", {}),
-)
+__all__ = ["Reduction", "reduce"]
 
 VERBS = ("wavelength_map", "clean", "subtract_background", "extract", "align")
 EXECUTORS = ("serial", "dask")
@@ -96,7 +85,7 @@ def _normalise_steps(steps: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
         "steps=['wavelength_map', ('clean', {'outlier_threshold': 5.0}), 'extract']."
     )
     if steps is None:
-        return DEFAULT_STEPS
+        return DEFAULT_CHAIN
     if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
         raise InputError(f"reduce(steps={steps!r}) is not a list of steps. {hint}")
     out = []
@@ -538,7 +527,7 @@ def reduce(
     joined in memory and an :class:`~exomiri.LRSObservation` is returned,
     equal to running the steps on the whole observation.  ``chunks``:
     integrations per chunk.  ``steps``: verb names or (verb, parameters)
-    pairs, default :data:`DEFAULT_STEPS`; ``align`` must come last.
+    pairs, default :data:`DEFAULT_CHAIN`; ``align`` must come last.
     ``template_integrations``: integrations (spread evenly) from which the
     time-median templates are taken.  ``executor``: ``"serial"`` or
     ``"dask"`` (Dask's current scheduler, a distributed cluster when a

@@ -31,6 +31,7 @@ from typing import Any
 import click
 import numpy as np
 
+from .chain import DEFAULT_CHAIN
 from .exceptions import ExomiriError, InputError, UnknownMethodError
 
 __all__ = [
@@ -80,22 +81,6 @@ DEMO_FIGURES = (
     "cleaning",
 )
 
-_CLEAN = {
-    "dq_bits_to_mask": [0, 11],
-    "window_heights": [40],
-    "poly_order": 4,
-    "outlier_threshold": 5.0,
-}
-
-#: The documented chain: wavelength map, clean, background, clean again, optimal extraction, align.
-DEFAULT_CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("wavelength_map", {}),
-    ("clean", _CLEAN),
-    ("subtract_background", {"method": "col_wise"}),
-    ("clean", _CLEAN),
-    ("extract", {"method": "optimal"}),
-    ("align", {}),
-)
 _DEFAULT_PARAMS = dict(DEFAULT_CHAIN)
 #: Parameters a step records for information only; they are not arguments of the verb.
 _RECORD_ONLY = {"wavelength_map": {"calibration", "reference"}}

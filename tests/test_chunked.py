@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import exomiri
-from exomiri.chunked import DEFAULT_STEPS
+from exomiri.chain import DEFAULT_CHAIN
 from exomiri.io.hdf5 import SessionWriter, save
 from exomiri.io.lazy import SegmentReader
 
 CUBES = ("data", "err", "dq", "var_poisson", "var_rnoise", "profile", "outlier_counts")
-BOX_CHAIN = [s if s[0] != "extract" else ("extract", {"method": "box"}) for s in DEFAULT_STEPS]
+BOX_CHAIN = [s if s[0] != "extract" else ("extract", {"method": "box"}) for s in DEFAULT_CHAIN]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_chunked_documented_chain_matches_in_memory(sim):
     """Optimal extraction fits its jitter correction per chunk: everything but the
     optimal spectra (and the y shifts measured from them) is identical, and the
     spectra agree to a small fraction of their errors."""
-    reference = run(sim, DEFAULT_STEPS)
+    reference = run(sim, DEFAULT_CHAIN)
     result = exomiri.reduce(sim, chunks=9)
     assert_same_cubes(reference, result)
     np.testing.assert_allclose(result.shifts.x, reference.shifts.x, rtol=1e-10, atol=1e-12)
