@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..exceptions import InputError
+from ._pool import spans, thread_map
 
 __all__ = [
     "aperture_centers",
@@ -39,6 +40,10 @@ __all__ = [
 
 TRACE_MODES = ("constant", "gaussian_fits", "trace")
 VARIANCE_MODES = ("model", "err")
+#: (integration, row) spectra per block of :func:`optimal` (blocks run on threads).
+_OPTIMAL_BLOCK_ROWS = 8192
+#: Integrations per block of :func:`follow_jitter` (blocks run on threads).
+_JITTER_BLOCK = 32
 
 
 # ---------------------------------------------------------------------------
@@ -471,16 +476,24 @@ def shift_profile(profile: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 def _weighted_window(data, err, mask, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
     """Data (zero where unusable) and weights ``1 / err^2`` (zero where unusable) of columns [c0, c1)."""
-    d = np.array(np.asarray(data)[:, :, c0:c1], dtype=np.float32)
+    nints, nrows = np.shape(data)[:2]
+    d = np.empty((nints, nrows, max(c1 - c0, 0)), dtype=np.float32)
+    w = np.empty_like(d)
+    _weighted_window_into(data, err, mask, c0, c1, d, w)
+    return d, w
+
+
+def _weighted_window_into(data, err, mask, c0: int, c1: int, d: np.ndarray, w: np.ndarray) -> None:
+    """:func:`_weighted_window` into the float32 arrays ``d`` and ``w``."""
+    d[...] = np.asarray(data)[:, :, c0:c1]
     e = np.array(np.asarray(err)[:, :, c0:c1], dtype=np.float32)
     good = np.isfinite(d) & np.isfinite(e) & (e > 0)
     if mask is not None:
         good &= ~np.asarray(mask, dtype=bool)[:, :, c0:c1]
-    w = np.zeros_like(d)
+    w[...] = 0
     e *= e
     np.divide(1.0, e, out=w, where=good)
     d[~good] = 0
-    return d, w
 
 
 def _template_shifts(d, w, p0, g0, iterations: int, clip: float) -> np.ndarray:
@@ -617,25 +630,43 @@ def follow_jitter(
     if c1 - c0 < 3 or nints == 0:
         out[:] = frame
         return out, np.zeros(nints)
-    d, w = _weighted_window(data, err, mask, c0, c1)
+    # Everything but the per-pixel polynomial fit works on each integration on its own:
+    # blocks of integrations run on threads (block boundaries do not change any value).
+    blocks = [slice(*b) for b in spans(nints, _JITTER_BLOCK)]
+    d = np.empty((nints, nrows, c1 - c0), dtype=np.float32)
+    w = np.empty_like(d)
     p0 = frame[:, c0:c1].astype(np.float32)
     g0 = _column_derivative(frame)[:, c0:c1].astype(np.float32)
-    shifts = _template_shifts(d, w.copy(), p0, g0, 3, clip)
+    shifts = np.empty(nints)
+
+    def measure(part: slice) -> None:
+        _weighted_window_into(
+            data[part], err[part], None if mask is None else mask[part], c0, c1, d[part], w[part]
+        )
+        shifts[part] = _template_shifts(d[part], w[part].copy(), p0, g0, 3, clip)
+
+    thread_map(measure, blocks)
     shifts = np.where(np.isfinite(shifts), shifts, 0.0)
     margin = 3 + int(np.ceil(np.abs(shifts).max(initial=0.0)))
     a0, a1 = max(c0 - margin, 0), min(c1 + margin, ncols)
-    moved = shift_profile(frame[:, a0:a1], shifts)[:, :, c0 - a0 : c1 - a0]
-
-    wm = w * moved
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.einsum("irj,irj->ir", wm, d) / np.einsum("irj,irj->ir", wm, moved)
-    del wm
-    f = np.where(np.isfinite(f) & (f > 0), f, 0).astype(np.float32)[:, :, None]
-    # normalised residuals and their weights (the variance of D / f is err^2 / f^2)
     resid = np.zeros_like(d)
-    np.divide(d, f, out=resid, where=(w > 0) & (f > 0))
-    resid -= moved
-    w *= f * f
+
+    def move(part: slice) -> np.ndarray:
+        moved = shift_profile(frame[:, a0:a1], shifts[part])[:, :, c0 - a0 : c1 - a0]
+        wb, db = w[part], d[part]
+        wm = wb * moved
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.einsum("irj,irj->ir", wm, db) / np.einsum("irj,irj->ir", wm, moved)
+        del wm
+        f = np.where(np.isfinite(f) & (f > 0), f, 0).astype(np.float32)[:, :, None]
+        # normalised residuals and their weights (the variance of D / f is err^2 / f^2)
+        rb = resid[part]
+        np.divide(db, f, out=rb, where=(wb > 0) & (f > 0))
+        rb -= moved
+        wb *= f * f
+        return moved
+
+    moved = thread_map(move, blocks)
     # per pixel, a weighted polynomial in the (scaled) shift through the residuals;
     # fitted, then refitted without the pixels beyond ``clip`` sigma of the first fit
     scale = max(float(np.std(shifts)), 1e-6)
@@ -647,6 +678,7 @@ def follow_jitter(
     for _ in range(2 * degree):
         powers.append(powers[-1] * t)
     n = degree + 1
+    stacked = np.stack(powers[:n], -1)
 
     def fit() -> np.ndarray:
         wr = w * resid
@@ -659,26 +691,34 @@ def follow_jitter(
         coef[~(moments[0] > 0)] = np.nan
         return coef
 
-    def evaluate(coef: np.ndarray) -> np.ndarray:
-        return np.einsum(
-            "ia,rja->irj", np.stack(powers[:n], -1), np.nan_to_num(coef).astype(np.float32)
-        )
+    def evaluate(part: slice, coef: np.ndarray) -> np.ndarray:
+        return np.einsum("ia,rja->irj", stacked[part], coef)
 
     if clip > 0:
-        excess = resid - evaluate(fit())
-        excess *= excess
-        excess *= w
-        w[excess > clip * clip] = 0
-        del excess
+        coef = np.nan_to_num(fit()).astype(np.float32)
+
+        def drop(part: slice) -> None:
+            excess = resid[part] - evaluate(part, coef)
+            excess *= excess
+            wb = w[part]
+            excess *= wb
+            wb[excess > clip * clip] = 0
+
+        thread_map(drop, blocks)
     coef = fit()
     smooth = np.stack(
         [np.nan_to_num(_running_nanmedian(coef[:, :, a], smooth_rows)) for a in range(n)], -1
-    )
-    moved += evaluate(smooth)
-    np.maximum(moved, 0, out=moved)
-    total = moved.sum(axis=2, keepdims=True)
-    np.divide(moved, total, out=moved, where=total > 0)
-    out[:, :, c0:c1] = moved
+    ).astype(np.float32)
+
+    def finish(item: tuple[slice, np.ndarray]) -> None:
+        part, mb = item
+        mb += evaluate(part, smooth)
+        np.maximum(mb, 0, out=mb)
+        total = mb.sum(axis=2, keepdims=True)
+        np.divide(mb, total, out=mb, where=total > 0)
+        out[part, :, c0:c1] = mb
+
+    thread_map(finish, list(zip(blocks, moved, strict=True)))
     return out, shifts
 
 
@@ -879,18 +919,88 @@ def optimal(
     if span is None:
         return np.full(shape2, np.nan), np.full(shape2, np.nan), np.zeros(shape2, dtype=np.int64)
     lo, hi = span
-    n = nints * nrows
-    k = hi - lo
-    # work arrays (n, k) in the data's precision (at least float32); only the
-    # aperture's columns are copied, and large temporaries are reused in place
+    # work arrays in the data's precision (at least float32); only the aperture's
+    # columns are copied, and large temporaries are reused in place
     ftype = np.result_type(data.dtype, np.float32)
+    q = float(gain) * float(effinttm) if variance == "model" else None
+    # whether a subtracted background enters the model variance: decided once for all
+    # integrations, so that every block of integrations computes the same way
+    use_background = False
+    if variance == "model" and background is not None:
+        cols = np.broadcast_to(np.asarray(background), data.shape)[:, :, lo:hi]
+        use_background = bool(np.any(np.isfinite(cols) & (cols != 0)))
+    read_noise = None
+    if variance == "model" and var_rnoise is None:
+        read_noise = _read_noise(data, err, background if use_background else None, lo, hi, q, ftype)
+    flux = np.empty(shape2)
+    flux_err = np.empty(shape2)
+    n_rejected = np.empty(shape2, dtype=np.int64)
+
+    def work(block: tuple[int, int]) -> None:
+        part = slice(*block)
+        flux[part], flux_err[part], n_rejected[part] = _optimal_block(
+            part, data, err, mask, profile, ap, lo, hi, ftype,
+            variance=variance, q=q, var_rnoise=var_rnoise, read_noise=read_noise,
+            background=background if use_background else None,
+            rejection_threshold=rejection_threshold, max_iterations=max_iterations,
+            background_err=background_err,
+        )
+
+    # every (integration, row) is extracted on its own: blocks of integrations on threads
+    thread_map(work, spans(nints, max(1, _OPTIMAL_BLOCK_ROWS // max(nrows, 1))))
+    return flux, flux_err, n_rejected
+
+
+def _cut_columns(a, shape, part: slice, lo: int, hi: int, dtype) -> np.ndarray:
+    """Columns [lo, hi) of integrations ``part`` of ``a`` broadcast to ``shape``, as a new
+    (n, nrows * ... , hi - lo) array reshaped to (rows, hi - lo)."""
+    src = np.broadcast_to(np.asarray(a), shape)[part, :, lo:hi]
+    out = np.empty(src.shape, dtype)
+    out[...] = src
+    return out.reshape(-1, hi - lo)
+
+
+def _read_noise(data, err, background, lo: int, hi: int, q: float, ftype) -> np.ndarray:
+    """Read-noise variance per pixel of the aperture's columns, (nrows, hi - lo), estimated
+    from ``err``: the median over integrations of ``max(err^2 - max(D + B, 0) / q, 0)``."""
+    nints, nrows = data.shape[:2]
+    k = hi - lo
+    everything = slice(None)
+    d = _cut_columns(data, data.shape, everything, lo, hi, ftype)
+    excess = _cut_columns(err, data.shape, everything, lo, hi, ftype)
+    excess *= excess
+    if background is None:
+        poisson = np.maximum(d, 0) / q  # NaN stays NaN
+    else:
+        bq = _cut_columns(background, data.shape, everything, lo, hi, ftype)
+        np.copyto(bq, 0, where=~np.isfinite(bq))
+        bq = bq / q
+        poisson = np.maximum(d + bq * q, 0) / q
+    excess -= poisson
+    np.maximum(excess, 0, out=excess)
+    np.copyto(excess, np.nan, where=~np.isfinite(excess))
+    return nanmedian(excess.reshape(nints, nrows * k), axis=0).astype(ftype).reshape(nrows, k)
+
+
+def _optimal_block(
+    part: slice, data, err, mask, profile, ap, lo: int, hi: int, ftype, *,
+    variance: str, q: float | None, var_rnoise, read_noise, background,
+    rejection_threshold: float, max_iterations: int, background_err,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`optimal` for the integrations ``part``: flux, error and left-out pixels,
+    (n, nrows) each.  ``read_noise`` (nrows, k) replaces ``var_rnoise`` when given;
+    ``background`` is None when it does not enter the variance."""
+    shape = data.shape
+    nrows = shape[1]
+    k = hi - lo
+    d = _cut_columns(data, shape, part, lo, hi, ftype)
+    n = d.shape[0]
+    nints = n // nrows if nrows else 0
+    shape2 = (nints, nrows)
 
     def cut(a, dtype=ftype):
-        out = np.empty((nints, nrows, k), dtype)
-        out[...] = np.broadcast_to(np.asarray(a), data.shape)[:, :, lo:hi]
-        return out.reshape(n, k)
+        return _cut_columns(a, shape, part, lo, hi, dtype)
 
-    d = cut(data)
     a = cut(ap, bool)
     p = cut(profile)
     np.copyto(p, 0, where=~(a & np.isfinite(p)))
@@ -908,23 +1018,15 @@ def optimal(
         keep &= np.isfinite(vfix) & (vfix > 0)
         np.copyto(vfix, 1, where=~keep)
     else:
-        q = float(gain) * float(effinttm)
         vfloor = 1.0 / (q * q)
         if background is not None:
             bq = cut(background)
             np.copyto(bq, 0, where=~np.isfinite(bq))
-            bq = bq / q if bq.any() else None
-        if var_rnoise is None:
-            excess = cut(err)
-            excess *= excess
-            poisson = np.maximum(d if bq is None else d + bq * q, 0) / q  # NaN stays NaN
-            excess -= poisson
-            np.maximum(excess, 0, out=excess)
-            np.copyto(excess, np.nan, where=~np.isfinite(excess))
-            rn = nanmedian(excess.reshape(nints, nrows * k), axis=0).astype(ftype)
-            rn = np.broadcast_to(rn.reshape(1, nrows, k), (nints, nrows, k)).reshape(n, k)
-            if not rn.flags.writeable:  # nints == 1: reshape gave a view
-                rn = rn.copy()
+            bq = bq / q
+        if read_noise is not None:
+            rn = np.empty((nints, nrows, k), ftype)
+            rn[...] = read_noise
+            rn = rn.reshape(n, k)
         else:
             rn = cut(var_rnoise)
         keep &= np.isfinite(rn)
