@@ -178,3 +178,71 @@ def test_background_cubes_are_the_float32_model_cubes_bit_for_bit(k, rows):
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(level_err, np.sqrt(model.variance(dtype=np.float32)))
     assert np.isnan(level_err).any() and np.isnan(level).any()
+
+
+def test_compiled_sums_follow_numpys_order_bit_for_bit():
+    from exomiri.steps._jit_pixels import _numpy_sum
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 8, 9, 21, 64, 127, 128):
+        values = rng.uniform(0, 1, (300, n))
+        ours = np.array([_numpy_sum(row, n) for row in values])
+        np.testing.assert_array_equal(ours, values.sum(axis=-1), err_msg=f"{n} values")
+        if n >= 9:  # the order matters: a plain running sum differs somewhere
+            assert any(sum(row.tolist()) != s for row, s in zip(values, ours, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("left", "right"), [(0, 1), (3, 10), (2, 29), (0, 40)])
+def test_spatial_profile_kernel_is_bit_identical_to_numpy(monkeypatch, dtype, left, right):
+    from exomiri.steps import clean
+
+    rng = np.random.default_rng(right)
+    fit = rng.uniform(-0.2, 1.0, (70, 12, 40)).astype(dtype)
+    fit[0, 0], fit[1, 2, left], fit[2, 3, left] = -1.0, np.nan, np.inf  # a row with nothing positive
+    fast = clean.spatial_profile(fit, left, right)
+    frame = clean.spatial_profile(fit[5], left, right)  # one frame (nrows, ncols)
+    monkeypatch.setattr(clean, "_spatial_profile_compiled", lambda *args: None)
+    slow = clean.spatial_profile(fit, left, right)
+    assert fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(frame, slow[5])
+    np.testing.assert_array_equal(fast[0, 0, left:right], np.float32(1.0 / (right - left)))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"window_heights": (40,), "poly_order": 4, "outlier_threshold": 5.0},
+        {"window_heights": (150, 100, 50, 40, 30, 24), "poly_order": 4, "outlier_threshold": 4.0},
+        {"window_heights": (7, 0, 5), "poly_order": 4, "outlier_threshold": 3.0},
+        {"window_heights": (1,), "poly_order": 0, "outlier_threshold": 3.0},
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_gather_and_scatter_of_clean_are_bit_identical(monkeypatch, params, dtype):
+    from exomiri.steps import clean
+
+    rng = np.random.default_rng(len(params["window_heights"]))
+    rows = np.arange(130.0)[None, :, None]
+    data = 50 + 0.3 * rows + 100 * np.exp(-0.5 * ((np.arange(24) - 12) / 2.0) ** 2)
+    data = (data + rng.normal(0, 1, (20, 130, 24))).astype(dtype)
+    data[rng.random(data.shape) < 0.01] += 200  # outliers to clip
+    data[0, 5:9, 3], data[1, 7, 7] = np.nan, np.inf
+    bad = rng.random(data.shape) < 0.03
+    bad[:, 40:80, 7] = True  # no good pixel in these series
+    bad[:, 40:78, 8] = True  # two good pixels: minimum-norm fits, numpy's path
+    err = rng.uniform(0.5, 2, data.shape).astype(dtype)
+    err[2, 10, 10], err[2, 11, 10] = np.nan, np.inf
+    bad[2, 10:12, 10] = True
+    bad[3, :, 5] = True  # a column without any good pixel: NaN errors in every window
+    results = []
+    for chunk in (clean._clean_chunk_compiled, clean._clean_chunk):
+        monkeypatch.setattr(clean, "_clean_chunk_compiled", chunk)
+        results.append(clean.clean_cube(data, err, bad, block_size=7, **params))
+    fast, slow = results
+    assert fast.replaced.sum() > 1000
+    assert fast.clipped.sum() > 10 or params["poly_order"] == 0
+    assert np.isnan(fast.err[3, :, 5]).all()
+    for name in ("data", "err", "replaced", "clipped", "fit"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)

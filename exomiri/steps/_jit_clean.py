@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["clean_series"]
+__all__ = ["clean_series", "gather_windows", "scatter_windows"]
 
 # mirror exomiri.steps.clean
 _DEGENERATE_RTOL = 1e-9
@@ -297,3 +297,71 @@ def clean_series(y, good, A, pinv, quad, inflate_all, threshold):
             for j in range(h):
                 sigma[j, s] = math.sqrt(_variance(quad, inv, j) * chi2)
     return fit, clipped, sigma, has_sigma, fallback
+
+
+@njit(cache=True, nogil=True)
+def gather_windows(data, bad, has_bad, i0, i1, starts, h, y, good):
+    """The series of the windows of height ``h`` starting at rows ``starts`` of
+    integrations [i0, i1) as the (h, N) group arrays of :mod:`exomiri.steps.clean`:
+    ``y[j, (b * nw + w) * ncols + c] = data[i0 + b, starts[w] + j, c]`` in float64,
+    ``good`` where that is finite and not ``bad`` (when ``has_bad``), ``y`` 0 elsewhere."""
+    ncols = data.shape[2]
+    nw = starts.shape[0]
+    for b in range(i1 - i0):
+        i = i0 + b
+        for w in range(nw):
+            base = (b * nw + w) * ncols
+            for j in range(h):
+                row = starts[w] + j
+                for c in range(ncols):
+                    v = np.float64(data[i, row, c])
+                    ok = math.isfinite(v)
+                    if has_bad and bad[i, row, c]:
+                        ok = False
+                    good[j, base + c] = ok
+                    y[j, base + c] = v if ok else 0.0
+
+
+@njit(cache=True, nogil=True)
+def scatter_windows(
+    data, err, i0, i1, starts, h, fit, good, clipped, sigma_at, sigma,
+    out_data, out_err, out_replaced, out_clipped, out_fit,
+):
+    """Write a cleaned group back into the float32 output cubes, as
+    ``exomiri.steps.clean._clean_chunk`` does: the fit everywhere; the input
+    where ``good``, the fit where not (replaced), with the error of a replaced
+    pixel its input error (NaN if not finite), NaN for a series with fewer
+    than two good pixels, or ``sigma[j, sigma_at[n]]`` for the series ``n``
+    with ``sigma_at[n] >= 0``."""
+    ncols = data.shape[2]
+    nw = starts.shape[0]
+    N = good.shape[1]
+    ngood = np.zeros(N, dtype=np.int64)
+    for j in range(h):
+        for n in range(N):
+            if good[j, n]:
+                ngood[n] += 1
+    for b in range(i1 - i0):
+        i = i0 + b
+        for w in range(nw):
+            base = (b * nw + w) * ncols
+            for j in range(h):
+                row = starts[w] + j
+                for c in range(ncols):
+                    n = base + c
+                    f = np.float32(fit[j, n])
+                    out_fit[i, row, c] = f
+                    out_clipped[i, row, c] = clipped[j, n]
+                    if good[j, n]:
+                        out_data[i, row, c] = np.float32(data[i, row, c])
+                        out_err[i, row, c] = np.float32(err[i, row, c])
+                        out_replaced[i, row, c] = False
+                    else:
+                        out_data[i, row, c] = f
+                        out_replaced[i, row, c] = True
+                        e = np.float32(err[i, row, c])
+                        if not math.isfinite(e) or ngood[n] < 2:
+                            e = np.float32(np.nan)
+                        if sigma_at[n] >= 0:
+                            e = np.float32(sigma[j, sigma_at[n]])
+                        out_err[i, row, c] = e

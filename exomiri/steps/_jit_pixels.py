@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["background_cubes_into", "unusable_into"]
+__all__ = ["background_cubes_into", "spatial_profile_into", "unusable_into"]
 
 
 @njit(cache=True, nogil=True)
@@ -73,3 +73,62 @@ def background_cubes_into(coeffs, cov, basis, level, level_err):
             out = level_err[i, r]
             for c in range(ncols):
                 out[c] = np.sqrt(variance[c])
+
+
+#: numpy sums a contiguous run of at most this many values with eight accumulators.
+_PAIRWISE_BLOCK = 128
+
+
+@njit(cache=True)
+def _numpy_sum(values, n):
+    """Sum of ``values[:n]`` (float64, at most ``_PAIRWISE_BLOCK`` of them) in the order of
+    numpy's pairwise summation of a contiguous axis (``ndarray.sum``): sequential below
+    8 values, else eight interleaved partial sums combined pairwise, then the remainder."""
+    if n < 8:
+        total = 0.0
+        for j in range(n):
+            total += values[j]
+        return 0.0 + total
+    r0, r1, r2, r3 = values[0], values[1], values[2], values[3]
+    r4, r5, r6, r7 = values[4], values[5], values[6], values[7]
+    j = 8
+    while j < n - n % 8:
+        r0 += values[j]
+        r1 += values[j + 1]
+        r2 += values[j + 2]
+        r3 += values[j + 3]
+        r4 += values[j + 4]
+        r5 += values[j + 5]
+        r6 += values[j + 6]
+        r7 += values[j + 7]
+        j += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while j < n:
+        total += values[j]
+        j += 1
+    return 0.0 + total
+
+
+@njit(cache=True, nogil=True)
+def spatial_profile_into(fit, left, right, out):
+    """``exomiri.steps.clean.spatial_profile`` of ``fit`` (n, nrows, ncols) into the float32
+    ``out``: in [left, right) each row's positive finite values over their sum (float64,
+    summed as numpy does), ``1 / (right - left)`` where nothing is positive; 0 elsewhere."""
+    n, nrows = fit.shape[:2]
+    width = right - left
+    core = np.empty(width)
+    uniform = np.float32(1.0 / width)
+    for i in range(n):
+        for r in range(nrows):
+            for c in range(width):
+                v = np.float64(fit[i, r, left + c])
+                core[c] = v if v > 0 and v < np.inf else 0.0
+            total = _numpy_sum(core, width)
+            row = out[i, r]
+            row[:left] = 0
+            row[right:] = 0
+            if total > 0:
+                for c in range(width):
+                    row[left + c] = np.float32(core[c] / total)
+            else:
+                row[left:right] = uniform
