@@ -44,6 +44,11 @@ VARIANCE_MODES = ("model", "err")
 _OPTIMAL_BLOCK_ROWS = 8192
 #: Integrations per block of :func:`follow_jitter` (blocks run on threads).
 _JITTER_BLOCK = 32
+#: Integrations per block of :func:`fit_psf` (blocks run on threads).
+_PSF_BLOCK = 64
+#: :func:`nanmedian` of at least this many values runs in ``_MEDIAN_BLOCKS`` blocks on threads.
+_MEDIAN_PARALLEL_SIZE = 2**20
+_MEDIAN_BLOCKS = 8
 
 
 # ---------------------------------------------------------------------------
@@ -62,7 +67,23 @@ def nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
     a = np.asarray(a)
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
-    s = np.sort(np.moveaxis(a, axis, -1), axis=-1)
+    moved = np.moveaxis(a, axis, -1)
+    if moved.ndim > 1 and moved.size >= _MEDIAN_PARALLEL_SIZE and moved.shape[0] > 1:
+        # slices are independent: blocks of the leading axis on threads
+        out = np.empty(moved.shape[:-1])
+        step = -(-moved.shape[0] // _MEDIAN_BLOCKS)
+
+        def work(block: tuple[int, int]) -> None:
+            out[slice(*block)] = _nanmedian_last(moved[slice(*block)])
+
+        thread_map(work, spans(moved.shape[0], step))
+        return out
+    return _nanmedian_last(moved)
+
+
+def _nanmedian_last(a: np.ndarray) -> np.ndarray:
+    """:func:`nanmedian` along the last axis of a float array."""
+    s = np.sort(a, axis=-1)
     m = s.shape[-1]
     if m == 0:
         return np.full(s.shape[:-1], np.nan)
@@ -157,13 +178,31 @@ def fit_psf(
     sigma = np.full(nints, np.nan)
     if r1 <= r0 or c1 - c0 < 5 or nints == 0:
         return position, sigma
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
 
+    def work(block: tuple[int, int]) -> None:
+        part = slice(*block)
+        position[part], sigma[part] = _fit_psf_block(
+            data[part], None if mask is None else mask[part], r0, r1, c0, c1,
+            sigma_guess, max_iterations, xtol,
+        )
+
+    # every integration is fitted on its own: blocks of integrations on threads
+    thread_map(work, spans(nints, _PSF_BLOCK))
+    return position, sigma
+
+
+def _fit_psf_block(data, mask, r0, r1, c0, c1, sigma_guess, max_iterations, xtol):
+    """:func:`fit_psf` of the integrations of ``data`` (a block of the cube)."""
+    nints = data.shape[0]
+    position = np.full(nints, np.nan)
+    sigma = np.full(nints, np.nan)
     # a copy (the input stays untouched), columns first so the median runs along the last axis
     ftype = np.result_type(data.dtype, np.float32)
     cut = np.array(data[:, r0:r1, c0:c1].transpose(0, 2, 1), dtype=ftype, order="C")
     bad = ~np.isfinite(cut)
     if mask is not None:
-        bad |= np.asarray(mask, dtype=bool)[:, r0:r1, c0:c1].transpose(0, 2, 1)
+        bad |= mask[:, r0:r1, c0:c1].transpose(0, 2, 1)
     cut[bad] = np.nan
     y = nanmedian(cut, axis=2)  # (nints, k)
     x = np.arange(c0, c1, dtype=np.float64)
