@@ -6,7 +6,7 @@
 
 For every step of the documented chain (``wavelength_map``, ``clean``,
 ``subtract_background``, ``clean``, ``extract``, ``align``; the chain of
-``exomiri.cli.run_chain``) it prints the median integrations per second over
+``exomiri.chain.DEFAULT_CHAIN``) it prints the median integrations per second over
 ``--runs`` runs (after one warm-up run on a few integrations, so that plugin
 loading and imports are not counted), the whole chain's rate, and the peak
 resident set size of the process (``resource.getrusage``), which includes the
@@ -22,18 +22,7 @@ import sys
 import time
 
 import exomiri
-
-#: The documented chain (exomiri.cli.run_chain) as (verb, parameters).
-CHAIN = (
-    ("wavelength_map", {}),
-    ("clean", {"dq_bits_to_mask": [0, 11], "window_heights": [40], "poly_order": 4,
-               "outlier_threshold": 5.0}),
-    ("subtract_background", {"method": "col_wise"}),
-    ("clean", {"dq_bits_to_mask": [0, 11], "window_heights": [40], "poly_order": 4,
-               "outlier_threshold": 5.0}),
-    ("extract", {"method": "optimal"}),
-    ("align", {}),
-)
+from exomiri.chain import DEFAULT_CHAIN as CHAIN
 
 
 def peak_rss_mb() -> float:

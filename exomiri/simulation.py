@@ -13,6 +13,7 @@ observation as ``obs.truth`` (a :class:`SimulationTruth`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -150,6 +151,75 @@ class SimulationTruth(Product):
     def light_curve(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """The injected relative flux (nints, nrows_selected): 1 - depth * transit_shape."""
         return 1.0 - self.transit_shape[:, None] * self.depth[None, rows]
+
+    def binned_depth(self, wavelength: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """The injected depth of each wavelength bin ``[edges[k], edges[k + 1])``.
+
+        ``wavelength`` (nrows,) assigns rows to bins (e.g. ``obs.spectra.wavelength``);
+        a bin's depth is the depth of its rows weighted by the stellar flux, as a
+        light curve summed over the bin sees it.  NaN for a bin without rows.
+        """
+        return np.array([
+            _weighted_mean(self.depth[rows], self.spectrum[rows])
+            for rows in _bin_rows(wavelength, edges)
+        ])
+
+    def binned_noise_floor(
+        self,
+        wavelength: np.ndarray,
+        edges: np.ndarray,
+        background_regions: tuple[tuple[int, int], ...] | None = None,
+    ) -> np.ndarray:
+        """The best possible relative 1-sigma error of one integration's flux in each bin.
+
+        From ``noise_floor`` (photon and read noise with the true profile) of the
+        bin's rows.  With ``background_regions`` (half-open column ranges), the
+        noise of estimating the background from those columns is added: a line
+        fitted across the region pixels of a row, whose error every pixel of the
+        row shares, enters an optimally weighted flux as ``(sum of weights)^2``
+        times the variance of the line at the trace.
+        """
+        extra = np.zeros_like(self.noise_floor)
+        if background_regions is not None:
+            extra = self._background_estimation_variance(background_regions)
+        return np.array([
+            np.sqrt(np.sum(self.noise_floor[rows] ** 2 + extra[rows])) / np.sum(self.spectrum[rows])
+            if rows.any() else np.nan
+            for rows in _bin_rows(wavelength, edges)
+        ])
+
+    def _background_estimation_variance(self, regions: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """Per row, the variance (DN/s)^2 a background line fitted over ``regions`` adds to an
+        optimally extracted flux (see :meth:`binned_noise_floor`)."""
+        q = self.gain * self.effinttm
+        still = dataclasses.replace(
+            self.take(slice(0, 1)), x_shift=np.zeros(1), y_shift=np.zeros(1),
+            transit_shape=np.zeros(1), ramp=np.ones(1),
+        )
+        background = self.background_cube([0])[0]
+        star = still.noiseless()[0] - background
+        with np.errstate(invalid="ignore", divide="ignore"):
+            profile = star / star.sum(axis=1, keepdims=True)
+            variance = (star + background) / q + self.read_noise_rate**2
+            weight_sum = np.sum(profile / variance, axis=1) / np.sum(profile**2 / variance, axis=1)
+        cols = np.concatenate([np.arange(a, b) for a, b in regions])
+        design = np.column_stack([np.ones(len(cols)), cols])
+        at_trace = np.array([1.0, float(np.nanmedian(self.trace))])
+        leverage = at_trace @ np.linalg.inv(design.T @ design) @ at_trace
+        pixel_variance = np.mean(background[:, cols] / q, axis=1) + self.read_noise_rate**2
+        return np.nan_to_num(weight_sum**2 * leverage * pixel_variance)
+
+
+def _bin_rows(wavelength: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+    """Boolean row masks of the bins ``[edges[k], edges[k + 1])`` (NaN wavelengths in none)."""
+    wavelength = np.asarray(wavelength, dtype=float)
+    edges = np.asarray(edges, dtype=float)
+    return [(wavelength >= lo) & (wavelength < hi) for lo, hi in itertools.pairwise(edges)]
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    total = np.sum(weights)
+    return float(np.sum(values * weights) / total) if total > 0 else np.nan
 
 
 def _gradient(ncols: int, gradient: float, trace: np.ndarray) -> np.ndarray:

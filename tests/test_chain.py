@@ -1,8 +1,5 @@
 """The five steps as a chain, checked against the simulation's injected truth."""
 
-import dataclasses
-import itertools
-
 import numpy as np
 import pytest
 
@@ -55,54 +52,14 @@ def bins(obs):
 
 
 def injected_depth(obs, edges):
-    truth, wave = obs.truth, obs.spectra.wavelength
-    out = []
-    for lo, hi in itertools.pairwise(edges):
-        rows = (wave >= lo) & (wave < hi)
-        out.append(np.sum(truth.depth[rows] * truth.spectrum[rows]) / np.sum(truth.spectrum[rows]))
-    return np.array(out)
-
-
-def background_floor(obs, regions=((8, 17), (56, 72))):
-    """Per row, the variance (DN/s)^2 that estimating the background from the region
-    columns must add to an optimally extracted flux, from the truth alone.
-
-    The background is estimated by a least-squares line across the region pixels
-    (photon + read noise of the true background); its error is shared by the pixels
-    of the row, so it enters the flux as (sum_c w_c)^2 times the line's prediction
-    variance at the trace, with w the optimal weights of the true profile.
-    """
-    truth = obs.truth
-    q = truth.gain * truth.effinttm
-    still = dataclasses.replace(
-        truth, x_shift=truth.x_shift * 0, y_shift=truth.y_shift * 0,
-        transit_shape=truth.transit_shape * 0, ramp=truth.ramp * 0 + 1,
-    )
-    background = truth.background_cube([0])[0]
-    star = still.noiseless([0])[0] - background
-    with np.errstate(invalid="ignore", divide="ignore"):
-        profile = star / star.sum(axis=1, keepdims=True)
-    variance = (star + background) / q + truth.read_noise_rate**2
-    weight_sum = np.sum(profile / variance, axis=1) / np.sum(profile**2 / variance, axis=1)
-    cols = np.concatenate([np.arange(a, b) for a, b in regions]).astype(float)
-    design = np.column_stack([np.ones_like(cols), cols])
-    at_trace = np.array([1.0, float(np.nanmedian(truth.trace))])
-    leverage = at_trace @ np.linalg.inv(design.T @ design) @ at_trace
-    pixel_var = np.mean(background[:, cols.astype(int)] / q, axis=1) + truth.read_noise_rate**2
-    return np.nan_to_num(weight_sum**2 * leverage * pixel_var)
+    return obs.truth.binned_depth(obs.spectra.wavelength, edges)
 
 
 def bin_floor(obs, edges, with_background=False):
     """Relative photon-noise floor of one integration in each bin, from the truth
     (with the noise of estimating the background from the region columns if asked)."""
-    truth, wave = obs.truth, obs.spectra.wavelength
-    extra = background_floor(obs) if with_background else np.zeros_like(wave)
-    out = []
-    for lo, hi in itertools.pairwise(edges):
-        rows = (wave >= lo) & (wave < hi)
-        var = np.sum(truth.noise_floor[rows] ** 2 + extra[rows])
-        out.append(np.sqrt(var) / np.sum(truth.spectrum[rows]))
-    return np.array(out)
+    regions = ((8, 17), (56, 72)) if with_background else None
+    return obs.truth.binned_noise_floor(obs.spectra.wavelength, edges, regions)
 
 
 def test_every_step_is_recorded(reduced):

@@ -85,3 +85,27 @@ def test_times_are_increasing_bjd(small_obs):
     assert np.all(np.diff(t) > 0)
     assert 2460000 < t[0] < 2470000
     np.testing.assert_array_equal(small_obs.integration_numbers, np.arange(1, 41))
+
+
+def test_binned_truth():
+    obs = exomiri.simulate(nints=20, seed=2, depth=0.01)
+    truth, wave = obs.truth, obs.truth.wavelength
+    edges = np.array([5.0, 7.0, 9.0, 30.0, 31.0])
+    depth = truth.binned_depth(wave, edges)
+    # a flat depth stays flat (the rows' depths are blurred by the PSF along the dispersion)
+    np.testing.assert_allclose(depth[:3], 0.01, rtol=5e-3)
+    rows = (wave >= 7.0) & (wave < 9.0)
+    weights = truth.spectrum[rows]
+    assert depth[1] == pytest.approx(np.sum(truth.depth[rows] * weights) / np.sum(weights), rel=1e-12)
+    assert np.isnan(depth[3])  # no row beyond 30 micron
+    # one bin: the floor is the quadrature sum of its rows' floors over the summed flux
+    rows = (wave >= 5.0) & (wave < 7.0)
+    floor = truth.binned_noise_floor(wave, edges[:2])
+    expected = np.sqrt(np.sum(truth.noise_floor[rows] ** 2)) / np.sum(truth.spectrum[rows])
+    np.testing.assert_allclose(floor, [expected], rtol=1e-12)
+    # estimating the background from the region columns can only add noise, most where the
+    # background dominates (long wavelengths)
+    with_background = truth.binned_noise_floor(wave, edges[:4], ((8, 17), (56, 72)))
+    without = truth.binned_noise_floor(wave, edges[:4])
+    ratio = with_background / without
+    assert np.all(ratio > 1.0) and ratio[2] > ratio[0]
