@@ -411,8 +411,9 @@ def simulate(
     blur = float(np.median(psf_sigma[calibrated])) / step
     kernel = np.exp(-0.5 * (np.arange(-int(5 * blur), int(5 * blur) + 1) / blur) ** 2)
     kernel /= kernel.sum()
-    density = np.convolve(density, kernel, mode="same")
+    # the light the planet removes is blurred by the same PSF as the light itself (once)
     absorbed = np.convolve(density * depth_fine, kernel, mode="same")
+    density = np.convolve(density, kernel, mode="same")
     cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * step)])
     cumulative_depth = np.concatenate([[0.0], np.cumsum(0.5 * (absorbed[1:] + absorbed[:-1]) * step)])
     spectrum = np.interp(rows + 0.5, grid, cumulative) - np.interp(rows - 0.5, grid, cumulative)

@@ -109,3 +109,17 @@ def test_binned_truth():
     without = truth.binned_noise_floor(wave, edges[:4])
     ratio = with_background / without
     assert np.all(ratio > 1.0) and ratio[2] > ratio[0]
+
+
+def test_a_flat_depth_dims_every_row_alike():
+    # the light the planet blocks is blurred like the rest of the light: in transit every
+    # row, the steep edges of the spectrum included, is dimmed by the same factor
+    obs = exomiri.simulate(nints=40, seed=3, depth=0.005, jitter=0.0)
+    truth = obs.truth
+    np.testing.assert_allclose(truth.depth[truth.spectrum > 1.0], 0.005, rtol=1e-9)
+    star = truth.noiseless() - truth.background_cube()
+    inside, outside = np.argmax(truth.transit_shape), np.argmin(truth.transit_shape)
+    assert truth.transit_shape[outside] == 0 and truth.transit_shape[inside] > 0.9
+    lit = truth.spectrum > 1.0
+    ratio = star[inside].sum(axis=1)[lit] / star[outside].sum(axis=1)[lit]
+    np.testing.assert_allclose(ratio, 1.0 - 0.005 * truth.transit_shape[inside], rtol=1e-9)
