@@ -209,9 +209,10 @@ def test_dask_on_a_local_cluster_equals_in_memory(sim, box_reference, segments, 
         distributed.Client(cluster),
     ):
         from_memory = exomiri.reduce(sim, chunks=6, steps=BOX_CHAIN, executor="dask")
+    # worker processes, as on a cluster: every task and its result travel pickled
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
         distributed.Client(cluster),
     ):
