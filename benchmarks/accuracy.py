@@ -18,7 +18,7 @@ themselves, for the documentation and for comparing versions.
   transit shape and a baseline linear in time and the measured x/y shifts:
 
   - depth pulls ``(fitted - injected) / error`` per bin, their mean, and the errors (ppm);
-  - scatter of the detrended light curves over the truth's noise floor per integration
+  - the rms of that fit's relative residuals over the truth's noise floor per integration
     (photon and read noise with the true profile, plus the noise of estimating the
     background from the region columns);
   - the same scatter over what ``flux_err`` predicts (1 means honest errors);
@@ -103,32 +103,28 @@ def clean_time_figures(seed: int) -> None:
     print(f"  found by clean and clean_time  {found.sum()} of {found.size} ({found.mean():.1%})")
 
 
-def detrended_scatter(obs, flux: np.ndarray) -> np.ndarray:
-    """Relative rms per bin after regressing out a line in time and the measured shifts."""
-    t = obs.times - obs.times.mean()
-    design = np.column_stack([np.ones_like(t), t, obs.shifts.x, obs.shifts.y])
-    coef, *_ = np.linalg.lstsq(design, flux, rcond=None)
-    return np.std(flux - design @ coef, axis=0) / np.mean(flux, axis=0)
-
-
 def chain_figures(nints: int, seed: int) -> dict[str, np.ndarray | float]:
     t0 = time.perf_counter()
     reduced = run_chain(exomiri.simulate(nints=nints, seed=seed))
     box = reduced.extract(method="box", aperture_left_width=8, aperture_right_width=8).align()
     truth, wave = reduced.truth, reduced.spectra.wavelength
     injected = truth.binned_depth(wave, EDGES)
-    model = 1.0 - np.outer(truth.transit_shape, injected)
     lc, lc_box = bin_spectra(reduced.spectra, EDGES), bin_spectra(box.spectra, EDGES)
     shifts = np.column_stack([reduced.shifts.x, reduced.shifts.y])
-    depth, err, _ = fit_depth(lc.flux, lc.flux_err, truth.transit_shape, reduced.times, regressors=shifts)
-    scatter = detrended_scatter(reduced, lc.flux / model)
+    depth, err, scatter = fit_depth(
+        lc.flux, lc.flux_err, truth.transit_shape, reduced.times, regressors=shifts
+    )
+    box_shifts = np.column_stack([box.shifts.x, box.shifts.y])
+    box_scatter = fit_depth(
+        lc_box.flux, lc_box.flux_err, truth.transit_shape, box.times, regressors=box_shifts
+    )[2]
     out: dict[str, np.ndarray | float] = {
         "pull": (depth - injected) / err,
         "err_ppm": err * 1e6,
         "scatter_over_floor": scatter / truth.binned_noise_floor(wave, EDGES, REGIONS),
         "scatter_over_flux_err": scatter / np.median(lc.flux_err / lc.flux, axis=0),
         "optimal_over_box_flux": float(np.nanmedian((lc.flux / lc_box.flux)[:, :10])),
-        "optimal_over_box_scatter": scatter / detrended_scatter(box, lc_box.flux / model),
+        "optimal_over_box_scatter": scatter / box_scatter,
     }
     for axis, measured, injected_shift in (
         ("x", reduced.shifts.x, truth.x_shift), ("y", reduced.shifts.y, truth.y_shift)
