@@ -71,3 +71,16 @@ def test_thread_map_keeps_order_and_raises_the_first_error():
 
     with pytest.raises(ValueError, match="block 2"):
         _pool.thread_map(fail, range(5), n_threads=2)
+
+
+def test_omp_num_threads_caps_the_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    free = _pool.default_threads()
+    assert 1 <= free <= 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Dask gives its worker processes
+    assert _pool.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert _pool.default_threads() == free
+    for ignored in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert _pool.default_threads() == free

@@ -22,11 +22,19 @@ R = TypeVar("R")
 
 
 def default_threads() -> int:
-    """The CPUs this process may use, at most 8."""
+    """The CPUs this process may use, at most 8, and at most ``OMP_NUM_THREADS`` where set.
+
+    ``OMP_NUM_THREADS`` is the usual way to share a machine's cores among
+    processes (batch scripts set it; Dask's worker processes get 1, so that a
+    task does not start threads beside the worker's own).
+    """
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         n = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) > 0:
+        n = min(n, int(limit))
     return max(1, min(n, 8))
 
 
