@@ -168,6 +168,8 @@ BAD_ARGUMENTS = [
     (lambda o, e: o.save(5), InputError, r"save\(path=5\).*file name"),
     (lambda o, e: o.write("x", segments="2"), InputError, "segments='2'"),
     (lambda o, e: o.write("x", segments=0), InputError, "between 1 and 6"),
+    (lambda o, e: o.write(5), InputError, r"write\(path=5\).*file name or prefix"),
+    (lambda o, e: o.write("/nonexistent-folder/jw01"), InputError, "folder /nonexistent-folder does not exist; create it"),
 ]
 
 

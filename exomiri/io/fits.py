@@ -489,7 +489,22 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
     splits = [
         run for idx in splits for run in np.split(idx, np.flatnonzero(np.diff(numbers[idx]) != 1) + 1)
     ]
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(
+            f"write(path={path!r}): expected a file name or prefix (str or pathlib.Path), e.g. "
+            "obs.write('reduced/jw01234001001_04103_00001')."
+        )
     names = _segment_names(path, len(splits))
+    folder = Path(names[0]).parent
+    if not folder.is_dir():
+        raise InputError(
+            f"write({str(path)!r}): the folder {folder} does not exist; create it or write "
+            "somewhere else."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"write({str(path)!r}): the folder {folder} is not writable; write somewhere else."
+        )
     meta = obs.meta
     for name, idx in zip(names, splits, strict=True):
         with warnings.catch_warnings():
