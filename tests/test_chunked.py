@@ -224,3 +224,12 @@ def test_dask_on_a_local_cluster_equals_in_memory(sim, box_reference, segments, 
     loaded = from_files.load()
     assert_same_cubes(box_reference, loaded)
     np.testing.assert_array_equal(loaded.spectra.flux, box_reference.spectra.flux)
+
+
+def test_dask_and_serial_chunks_give_the_same_documented_chain(sim):
+    """Whatever runs the chunks, the results are the same, optimal spectra included."""
+    pytest.importorskip("dask")
+    serial = exomiri.reduce(sim, chunks=9)
+    on_dask = exomiri.reduce(sim, chunks=9, executor="dask")  # Dask's default (threaded) scheduler
+    assert_same_cubes(serial, on_dask)
+    assert_same_products(serial, on_dask)
