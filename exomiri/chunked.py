@@ -65,6 +65,7 @@ import numpy as np
 
 from .chain import DEFAULT_CHAIN
 from .exceptions import InputError
+from .io import output_folder
 from .io.lazy import SegmentReader
 from .observation import LRSObservation, ObservationMeta
 from .products import BackgroundModel, Product, Shifts, Spectra
@@ -543,6 +544,8 @@ def reduce(
     if executor not in EXECUTORS:
         raise InputError(f"reduce(executor={executor!r}) must be one of {', '.join(EXECUTORS)}.")
     steps = _normalise_steps(steps)
+    if out is not None:  # before any long work
+        output_folder(out, f"reduce(out={str(out)!r})")
     src = _Source(source)
     plan, sample = _make_plan(src, steps, template_integrations)
     del sample

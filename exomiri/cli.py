@@ -33,6 +33,7 @@ import numpy as np
 
 from .chain import DEFAULT_CHAIN
 from .exceptions import ExomiriError, InputError, UnknownMethodError
+from .io import output_folder
 
 __all__ = [
     "DEFAULT_CHAIN",
@@ -675,11 +676,7 @@ _config_option = click.option(
 def _check_output(path: str, option: str, suffixes: tuple[str, ...] = ()) -> None:
     """Refuse an output path whose folder is missing (or suffix wrong) before any long work."""
     target = Path(path)
-    if not target.parent.is_dir():
-        raise InputError(
-            f"{option} {path}: the folder {target.parent} does not exist; create it or write "
-            "somewhere else."
-        )
+    output_folder(target, f"{option} {path}")
     if suffixes and target.suffix.lower() not in suffixes:
         raise InputError(f"{option} {path}: use a file name ending in {' or '.join(suffixes)}.")
 

@@ -347,28 +347,42 @@ def export(obs, path, **binning) -> str:
 
     With no binning arguments the spectra are written at full resolution
     (:func:`to_xarray`); with ``bins``/``resolution``/``pixels`` binned
-    (:func:`light_curves`).  Units are written with the values.
+    (:func:`light_curves`).  Units are written with the values.  The file is
+    written under a temporary name beside ``path`` and moved into place when
+    complete, so a failed export never leaves a partial file.
     """
+    import os
     from pathlib import Path
 
-    path = Path(path)
-    ds = light_curves(obs, **binning) if binning else to_xarray(obs)
-    suffix = path.suffix.lower()
-    if suffix == ".nc":
-        ds.to_netcdf(path, engine="h5netcdf")
-    elif suffix == ".ecsv":
-        from astropy import units as u
-        from astropy.table import Table
+    from .io import commit, temporary_beside
 
-        table = Table(meta=dict(ds.attrs))
-        table["time"] = ds["time"].values * u.day
-        table.meta["time_scale"] = "BJD_TDB mid-times of the integrations"
-        table["integration_number"] = ds["integration_number"].values
-        for name, var in ds.data_vars.items():
-            unit = var.attrs.get("units") or None
-            table[name] = var.values * (u.Unit(unit) if unit else 1)
-        table.meta["wavelength_micron"] = ds["wavelength"].values.tolist()
-        table.write(path, format="ascii.ecsv", overwrite=True)
-    else:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".nc", ".ecsv"):
         raise InputError(f"Cannot export to {path.name!r}: use a .nc or .ecsv file name.")
+    tmp = temporary_beside(path, f"export to {str(path)!r}")
+    try:
+        ds = light_curves(obs, **binning) if binning else to_xarray(obs)
+        if suffix == ".nc":
+            ds.to_netcdf(tmp, engine="h5netcdf")
+        else:
+            from astropy import units as u
+            from astropy.table import Table
+
+            table = Table(meta=dict(ds.attrs))
+            table["time"] = ds["time"].values * u.day
+            table.meta["time_scale"] = "BJD_TDB mid-times of the integrations"
+            table["integration_number"] = ds["integration_number"].values
+            for name, var in ds.data_vars.items():
+                unit = var.attrs.get("units") or None
+                table[name] = var.values * (u.Unit(unit) if unit else 1)
+            table.meta["wavelength_micron"] = ds["wavelength"].values.tolist()
+            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        commit(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return str(path)
+
+

@@ -84,3 +84,18 @@ def test_exports_round_trip(reduced, tmp_path):
     np.testing.assert_allclose(table["y_shift"], reduced.shifts.y)
     with pytest.raises(InputError, match=r"\.nc or \.ecsv"):
         export(reduced, tmp_path / "lc.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lc.ecsv", "lc.nc"]
+
+
+def test_a_failed_export_keeps_the_previous_file(reduced, tmp_path, monkeypatch):
+    target = tmp_path / "lc.ecsv"
+    target.write_text("previous")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Table, "write", fail)
+    with pytest.raises(OSError, match="No space left"):
+        export(reduced, target)
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["lc.ecsv"]  # no temporary file left

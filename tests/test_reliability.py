@@ -18,6 +18,7 @@ from astropy.io import fits
 import exomiri
 from exomiri import DataWarning, InputError, StepOrderError, UnknownMethodError
 from exomiri import dq as dqflags
+from exomiri.lightcurves import export
 from exomiri.observation import INT_TIMES_COLUMNS
 
 DO_NOT_USE = 1 << dqflags.FLAGS["DO_NOT_USE"]
@@ -170,6 +171,9 @@ BAD_ARGUMENTS = [
     (lambda o, e: o.write("x", segments=0), InputError, "between 1 and 6"),
     (lambda o, e: o.write(5), InputError, r"write\(path=5\).*file name or prefix"),
     (lambda o, e: o.write("/nonexistent-folder/jw01"), InputError, "folder /nonexistent-folder does not exist; create it"),
+    (lambda o, e: o.save("/nonexistent-folder/s.h5"), InputError, r"save\('/nonexistent-folder/s.h5'\): the folder /nonexistent-folder does not exist"),
+    (lambda o, e: export(e, "/nonexistent-folder/lc.nc"), InputError, "export to '/nonexistent-folder/lc.nc': the folder /nonexistent-folder does not exist"),
+    (lambda o, e: exomiri.reduce(o, out="/nonexistent-folder/s.h5"), InputError, r"reduce\(out='/nonexistent-folder/s.h5'\): the folder /nonexistent-folder does not exist"),
 ]
 
 

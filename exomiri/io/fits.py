@@ -30,6 +30,7 @@ from ..observation import (
     ObservationMeta,
     Segment,
 )
+from . import output_folder
 
 __all__ = ["history_lines", "open", "write"]
 
@@ -495,16 +496,7 @@ def write(obs: LRSObservation, path: str, segments: int | None = None) -> list[s
             "obs.write('reduced/jw01234001001_04103_00001')."
         )
     names = _segment_names(path, len(splits))
-    folder = Path(names[0]).parent
-    if not folder.is_dir():
-        raise InputError(
-            f"write({str(path)!r}): the folder {folder} does not exist; create it or write "
-            "somewhere else."
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(
-            f"write({str(path)!r}): the folder {folder} is not writable; write somewhere else."
-        )
+    output_folder(names[0], f"write({str(path)!r})")
     meta = obs.meta
     for name, idx in zip(names, splits, strict=True):
         with warnings.catch_warnings():

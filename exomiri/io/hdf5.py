@@ -14,7 +14,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ..exceptions import SessionFormatError
 from ..observation import LRSObservation, ObservationMeta
 from ..products import PRODUCT_TYPES, Product
 from ..provenance import StepRecord, core_versions
+from . import commit, temporary_beside
 from .safefile import GuardedFile
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SessionWriter", "load", "save"]
@@ -157,34 +157,6 @@ def _write_session(f: h5py.File, obs: LRSObservation) -> None:
     _write_rest(f, g, obs)
 
 
-def _temporary_beside(target: Path) -> str:
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise SessionFormatError(f"Cannot save to {target}: the folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def _commit(tmp: str, target: Path) -> None:
-    """Flush the finished temporary file to disk and move it over the target.
-
-    The temporary file was created private (mode 0600); the session gets the
-    mode of the file it replaces, or the usual one for a new file (0666 less
-    the umask).
-    """
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    if target.exists():
-        mode = target.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(tmp, mode)
-    os.replace(tmp, target)
-
-
 def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     """Write ``obs`` to ``path`` atomically and return the path.
 
@@ -192,7 +164,7 @@ def save(obs: LRSObservation, path: str | os.PathLike) -> str:
     complete on disk.
     """
     target = Path(path)
-    tmp = _temporary_beside(target)
+    tmp = temporary_beside(target, f"save({str(path)!r})")
     fh = None
     try:
         fh = GuardedFile(tmp)  # a failing disk must not leave HDF5 half-open (see safefile)
@@ -200,7 +172,7 @@ def save(obs: LRSObservation, path: str | os.PathLike) -> str:
             _write_session(f, obs)
         fh.close()
         fh.check(target)
-        _commit(tmp, target)
+        commit(tmp, target)
     except BaseException:
         if fh is not None:
             fh.close()
@@ -240,7 +212,7 @@ class SessionWriter:
         self.nints = int(nints)
         if self.nints < 1:
             raise SessionFormatError(f"SessionWriter({path}): nints={nints} must be at least 1.")
-        self._tmp = _temporary_beside(self.target)
+        self._tmp = temporary_beside(self.target, f"SessionWriter({str(self.target)!r})")
         self._fh = GuardedFile(self._tmp)
         self._file: h5py.File | None = h5py.File(self._fh, "w", libver=_LIBVER)
         self._group = _write_root(self._file, meta)
@@ -317,7 +289,7 @@ class SessionWriter:
             self._file = None
             self._fh.close()
             self._fh.check(self.target)
-            _commit(self._tmp, self.target)
+            commit(self._tmp, self.target)
         except BaseException:
             self.abort()
             raise
