@@ -138,11 +138,15 @@ def test_align_recovers_injected_shifts(featureless):
     sim = exomiri.simulate(nints=150, seed=4, x_shifts=x, y_shifts=y, depth=depth, star_flux=4e4)
     out = sim.wavelength_map().clean(**CLEAN).subtract_background(method="col_wise")
     out = out.extract(method="optimal").align()
-    for measured, injected in ((out.shifts.x, x), (out.shifts.y, y)):
+    shifts = out.shifts
+    for measured, error, injected in ((shifts.x, shifts.x_err, x), (shifts.y, shifts.y_err, y)):
         injected = injected - np.median(injected)
         slope, offset = np.polyfit(injected, measured, 1)
         assert abs(slope - 1) < 0.05, slope
-        assert np.std(measured - injected - offset) < 0.01
+        scatter = np.std(measured - injected - offset)
+        assert scatter < 0.01
+        # the errors are honest or conservative, never too small (chi-square scaled)
+        assert scatter < 1.3 * np.median(error), scatter / np.median(error)
 
 
 def test_align_spectra_resamples_and_propagates_errors():

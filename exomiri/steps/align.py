@@ -303,7 +303,10 @@ def measure_shifts(
         is scaled by the reduced chi-square, i.e. the noise is taken as the
         same in every pixel; with photon noise that is not so and the errors
         are then only indicative (pass inverse variances for calibrated
-        errors, and for the best precision).  With weights it is not scaled.
+        errors, and for the best precision).  With weights it is scaled up
+        by the reduced chi-square where that exceeds 1 (the template does not
+        describe the series to within its noise, as when the interpolation of
+        an undersampled profile errs at large shifts), as ``fit_depth`` does.
 
     Series that cannot be measured (all NaN, too few pixels, flat template,
     no convergence) give NaN in both outputs; nothing is raised for them.
@@ -481,10 +484,13 @@ def measure_shifts(
     if ok.any():
         _, inverse, solved = _solve_small(best_normal[ok], best_rhs[ok])
         var = inverse[:, 1, 1]
-        if scale_errors:
-            dof = best_npts[ok] - k
-            with np.errstate(invalid="ignore", divide="ignore"):
-                var = var * np.where(dof > 0, best_chi2[ok] / dof, np.nan)
+        dof = best_npts[ok] - k
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reduced_chi2 = np.where(dof > 0, best_chi2[ok] / dof, np.nan)
+        # uniform weights: the noise is estimated from the residuals; given weights: the
+        # errors are taken as they are, scaled up where the template does not describe
+        # the series to within its noise (interpolation error of large shifts)
+        var = var * (reduced_chi2 if scale_errors else np.fmax(reduced_chi2, 1.0))
         var = np.where(solved & (var >= 0), var, np.nan)
         idx = np.flatnonzero(ok)
         fine = np.isfinite(var)
